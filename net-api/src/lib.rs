@@ -1,0 +1,35 @@
+//! # net-api: the contract between a virtio-net device and the host side
+//!
+//! A VMM's virtio-net device (see `net-virtio`) talks to every volt-net backend (TAP and
+//! macvtap, AF_XDP, vhost-user, the loopback here) through the types of this crate:
+//!
+//! - [`VirtioNetHdr`]: the virtio-net header, decoded, with its flag and GSO constants taken
+//!   from `virtio-bindings`;
+//! - [`OffloadSet`] and [`Capabilities`]: what a backend accepts on transmit, can deliver on
+//!   receive, whether it speaks the virtio-net header itself, its frame size, queues, MAC, MTU;
+//! - [`Backend`] and [`QueuePair`]: open N queue pairs, send batches of scatter-gather frames,
+//!   receive into scatter-gather buffers, readiness fds for the VMM's event loop, would-block
+//!   as a normal outcome, counters ([`QueueStats`]) with drops by [`DropReason`];
+//! - [`Error`]: what failed, where, and what to do;
+//! - [`loopback`]: two ends joined in memory, for tests, benchmarks and examples.
+//!
+//! The rules of buffer ownership, backpressure and errors are in the [`queue`] module.
+//! This crate does no I/O of its own beyond the loopback's doorbells, has no `unsafe`, and
+//! depends only on `thiserror` and `virtio-bindings`.
+
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod hdr;
+pub mod loopback;
+pub mod mac;
+pub mod offload;
+pub mod queue;
+pub mod stats;
+
+pub use error::{Error, Result};
+pub use hdr::{GsoType, VirtioNetHdr};
+pub use mac::{MacAddr, ParseMacError};
+pub use offload::{Capabilities, OffloadSet};
+pub use queue::{Backend, Interest, QueuePair, Readiness, RxFrame, TxFrame};
+pub use stats::{DropReason, Drops, QueueStats};
