@@ -46,6 +46,8 @@ pub mod error;
 pub mod features;
 pub mod frame;
 pub mod gso;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod test_utils;
 pub mod translate;
 
 pub use codec::{HdrLayout, ShortHeader};

@@ -45,6 +45,21 @@ pub enum SoftFrame {
     Segments(Segmenter),
 }
 
+impl SoftFrame {
+    /// Every frame the software path produced, each with its header, as owned buffers.
+    ///
+    /// A convenience for tests, examples and rare slow paths: it allocates one buffer per
+    /// segment. `frame` is the buffer given to `software`.
+    pub fn to_frames(&self, frame: &[u8]) -> Vec<(VirtioNetHdr, Vec<u8>)> {
+        match self {
+            SoftFrame::Whole(h) => vec![(*h, frame.to_vec())],
+            SoftFrame::Segments(seg) => (0..seg.count())
+                .map(|k| seg.segment_to_vec(k, frame))
+                .collect(),
+        }
+    }
+}
+
 const KNOWN_FLAGS: u8 = NEEDS_CSUM | DATA_VALID | RSC_INFO;
 
 /// Checks a header against a frame of `len` bytes whose first bytes are `head`, and returns
