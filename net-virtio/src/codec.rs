@@ -64,7 +64,7 @@ impl HdrLayout {
     }
 
     /// The header's length in bytes.
-    pub const fn len(self) -> usize {
+    pub const fn size(self) -> usize {
         match self {
             HdrLayout::Legacy => size_of::<virtio_net_hdr>(),
             HdrLayout::LegacyMrg => size_of::<virtio_net_hdr_mrg_rxbuf>(),
@@ -98,14 +98,14 @@ impl HdrLayout {
         }
     }
 
-    /// Decodes a header from the first [`len`](Self::len) bytes of `buf`.
+    /// Decodes a header from the first [`size`](Self::size) bytes of `buf`.
     ///
     /// Any bit pattern decodes; whether it makes sense for a frame is
     /// [`crate::translate`]'s question. `num_buffers` is 0 for [`HdrLayout::Legacy`]; the hash
     /// report fields are not kept.
     pub fn decode(self, buf: &[u8]) -> Result<VirtioNetHdr, ShortHeader> {
-        let b = buf.get(..self.len()).ok_or(ShortHeader {
-            need: self.len(),
+        let b = buf.get(..self.size()).ok_or(ShortHeader {
+            need: self.size(),
             have: buf.len(),
         })?;
         let w = |i: usize| self.read_u16([b[i], b[i + 1]]);
@@ -120,12 +120,12 @@ impl HdrLayout {
         })
     }
 
-    /// Encodes `hdr` into the first [`len`](Self::len) bytes of `buf` and returns that length.
+    /// Encodes `hdr` into the first [`size`](Self::size) bytes of `buf` and returns that length.
     /// Hash report fields are written as zero (no hash reported).
     pub fn encode(self, hdr: &VirtioNetHdr, buf: &mut [u8]) -> Result<usize, ShortHeader> {
         let have = buf.len();
-        let b = buf.get_mut(..self.len()).ok_or(ShortHeader {
-            need: self.len(),
+        let b = buf.get_mut(..self.size()).ok_or(ShortHeader {
+            need: self.size(),
             have,
         })?;
         b.fill(0);
@@ -140,7 +140,7 @@ impl HdrLayout {
         if self.has_num_buffers() {
             b[10..12].copy_from_slice(&self.write_u16(hdr.num_buffers));
         }
-        Ok(self.len())
+        Ok(self.size())
     }
 }
 
@@ -179,7 +179,7 @@ mod tests {
             HdrLayout::V1Hash,
         ]
         .iter()
-        .map(|l| l.len())
+        .map(|l| l.size())
         .collect();
         assert_eq!(lens, [10, 12, 12, 20]);
     }

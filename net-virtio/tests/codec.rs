@@ -22,7 +22,7 @@ proptest! {
         for layout in [HdrLayout::Legacy, HdrLayout::LegacyMrg, HdrLayout::V1, HdrLayout::V1Hash] {
             let mut buf = [0u8; 20];
             let n = layout.encode(&hdr, &mut buf).expect("20 bytes hold any layout");
-            prop_assert_eq!(n, layout.len());
+            prop_assert_eq!(n, layout.size());
             let back = layout.decode(&buf[..n]).expect("decodes");
             let want = if layout.has_num_buffers() { hdr } else { VirtioNetHdr { num_buffers: 0, ..hdr } };
             prop_assert_eq!(back, want);

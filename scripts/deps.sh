@@ -1,0 +1,42 @@
+# shellcheck shell=bash
+# Installs what volt-net's jobs need and is missing; sourced by main.sh and test.sh.
+# Idempotent: present packages and tools are left alone. Needs root for apt-get.
+set -euo pipefail
+
+log() { printf '== %s\n' "$*" >&2; }
+
+need_cargo() {
+    if ! command -v cargo >/dev/null 2>&1; then
+        log "cargo is missing: install a Rust toolchain (1.80 or newer, e.g. with rustup) and rerun."
+        exit 2
+    fi
+}
+
+# need_debs PKG...: apt-get installs the Debian packages that are not installed yet.
+need_debs() {
+    local missing=()
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" -ne 0 ]; then
+        log "missing Debian packages: ${missing[*]}; run as root or install them: apt-get install ${missing[*]}"
+        exit 2
+    fi
+    log "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# need_cargo_tool BIN CRATE: cargo installs CRATE when BIN is not on PATH.
+need_cargo_tool() {
+    command -v "$1" >/dev/null 2>&1 && return 0
+    log "installing $2 with cargo"
+    cargo install --locked --quiet "$2"
+}
+
+# The packages the current crates need. g++ builds libFuzzer for the fuzz targets. The AF_XDP
+# backend (libelf-dev zlib1g-dev pkg-config m4 clang llvm) and the test rigs (qemu, dpdk,
+# busybox-static, nftables, a kernel image) join this list with the crates that use them.
+BUILD_DEBS=(g++ pkg-config)
