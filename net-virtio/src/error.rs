@@ -120,6 +120,14 @@ pub enum FrameError {
         /// The next-header value after the fixed IPv6 header.
         next_header: u8,
     },
+    /// An IP packet longer than its 16-bit length field can say.
+    #[error("IP packet of {len} bytes exceeds the {max} bytes its length field can hold")]
+    IpTooLong {
+        /// The IP packet's (IPv4) or payload's (IPv6) length.
+        len: usize,
+        /// 65535.
+        max: usize,
+    },
     /// A TCP data offset below 5 words.
     #[error("TCP data offset {words} words is below the 5-word minimum")]
     TcpHeaderTooShort {

@@ -100,6 +100,21 @@ pub fn is_ipv6(frame: &[u8]) -> bool {
     matches!(ethertype(frame), Some((ETHERTYPE_IPV6, _)))
 }
 
+/// Checks that a frame of `len` bytes with these layers fits the IP length fields: the IPv4
+/// total length, or the IPv6 payload length, is 16 bits.
+pub fn check_ip_length(layers: &Layers, len: usize) -> Result<(), FrameError> {
+    let ip_len = if layers.ipv6 {
+        len.saturating_sub(layers.l3 + IPV6_HLEN)
+    } else {
+        len.saturating_sub(layers.l3)
+    };
+    let max = usize::from(u16::MAX);
+    if ip_len > max {
+        return Err(FrameError::IpTooLong { len: ip_len, max });
+    }
+    Ok(())
+}
+
 /// Parses the headers of a frame that asks for `gso`, and checks they match it.
 pub fn parse_for_gso(frame: &[u8], gso: GsoType) -> Result<Layers, FrameError> {
     need(frame, "Ethernet", ETH_HLEN)?;

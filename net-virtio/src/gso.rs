@@ -23,8 +23,8 @@ use net_api::{GsoType, VirtioNetHdr};
 use crate::csum::{add_pseudo_header, Checksum};
 use crate::error::FrameError;
 use crate::frame::{
-    parse_for_gso, Layers, ETH_HLEN, IPPROTO_FRAGMENT, IPV6_FRAG_HLEN, IPV6_HLEN, MAX_VLAN_TAGS,
-    TCP_MAX_HLEN, VLAN_HLEN,
+    check_ip_length, parse_for_gso, Layers, ETH_HLEN, IPPROTO_FRAGMENT, IPV6_FRAG_HLEN, IPV6_HLEN,
+    MAX_VLAN_TAGS, TCP_MAX_HLEN, VLAN_HLEN,
 };
 
 /// The longest header block of one segment: Ethernet, two VLAN tags, IPv6, an IPv6 fragment
@@ -122,6 +122,7 @@ impl Segmenter {
             return Err(FrameError::EcnWithoutTso { gso });
         }
         let layers = parse_for_gso(frame, gso)?;
+        check_ip_length(&layers, frame.len())?;
         let (data_off, unit) = match kind {
             Kind::Ufo => {
                 if hdr.gso_size < 8 {

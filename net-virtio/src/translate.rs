@@ -15,7 +15,7 @@ use net_api::{Capabilities, GsoType, OffloadSet, VirtioNetHdr};
 
 use crate::csum::{check_partial, complete_partial};
 use crate::error::FrameError;
-use crate::frame::{is_ipv6, parse_for_gso, ETH_HLEN};
+use crate::frame::{check_ip_length, is_ipv6, parse_for_gso, ETH_HLEN};
 use crate::gso::{Segmenter, MAX_SEGMENT_HEADERS};
 
 /// The largest frame (virtio-net header excluded) a guest may send: the 65562-byte buffer
@@ -114,12 +114,13 @@ fn check(hdr: &VirtioNetHdr, len: usize, head: &[u8]) -> Result<GsoType, FrameEr
         // The frame's own headers must be there and match the GSO type; a frame shorter
         // than `head` is all in `head`.
         let n = head.len().min(len);
-        parse_for_gso(&head[..n], gso).map_err(|e| match e {
+        let layers = parse_for_gso(&head[..n], gso).map_err(|e| match e {
             FrameError::Truncated { what, need, .. } if n < len => {
                 FrameError::Truncated { what, need, len: n }
             }
             e => e,
         })?;
+        check_ip_length(&layers, len)?;
     }
     Ok(gso)
 }

@@ -216,6 +216,41 @@ fn gso_type_must_match_the_frame() {
 }
 
 #[test]
+fn ip_packet_longer_than_its_length_field() {
+    // 65550 bytes is the largest frame, but without a VLAN tag its IPv4 packet would be
+    // 65536 bytes: one more than the total-length field holds.
+    let (h, f) = GuestFrame {
+        payload_len: 65550 - 54,
+        gso: GsoType::TcpV4,
+        gso_size: u16::MAX,
+        ..GuestFrame::default()
+    }
+    .build();
+    assert_eq!(f.len(), MAX_FRAME_LEN);
+    assert_eq!(
+        tx_error(&h, &f),
+        FrameError::IpTooLong {
+            len: 65536,
+            max: 65535
+        }
+    );
+    // One byte less fits, and its single segment says 65535.
+    let (h, f) = GuestFrame {
+        payload_len: 65549 - 54,
+        gso: GsoType::TcpV4,
+        gso_size: u16::MAX,
+        ..GuestFrame::default()
+    }
+    .build();
+    let mut copy = f.clone();
+    let Ok(SoftFrame::Segments(seg)) = headerless().software(&h, &mut copy) else {
+        panic!("a valid GSO frame is segmented");
+    };
+    let (_, first) = seg.segment_to_vec(0, &copy);
+    assert_eq!(first[16..18], 65535u16.to_be_bytes());
+}
+
+#[test]
 fn fragments_are_not_segmented() {
     let (h, mut f) = tso4();
     f[14 + 6] = 0x20; // MF
