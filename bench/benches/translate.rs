@@ -12,23 +12,10 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use net_api::{Capabilities, GsoType, OffloadSet};
+use net_api::{GsoType, OffloadSet};
 use net_virtio::csum::complete_partial;
-use net_virtio::test_utils::GuestFrame;
+use net_virtio::test_utils::{backend_caps, GuestFrame};
 use net_virtio::{HdrLayout, SoftFrame, TxTranslator, HEAD_LEN, MAX_SEGMENT_HEADERS};
-
-fn caps(vnet_hdr: bool, tx: OffloadSet) -> Capabilities {
-    Capabilities {
-        vnet_hdr,
-        tx_offloads: tx,
-        rx_offloads: tx,
-        rx_csum_verified: false,
-        max_frame: 65550,
-        max_queue_pairs: 1,
-        mac: None,
-        mtu: 1500,
-    }
-}
 
 /// Per-frame cost of every TX at 1514 B: decode the 12-byte header and route the frame.
 /// "direct" is a TAP-like backend that takes the frame as it is; "software" is a headerless
@@ -44,8 +31,8 @@ fn decode_and_route(c: &mut Criterion) {
     HdrLayout::V1
         .encode(&hdr, &mut wire)
         .expect("12 bytes hold a V1 header");
-    let tap = TxTranslator::new(&caps(true, OffloadSet::ALL));
-    let headerless = TxTranslator::new(&caps(false, OffloadSet::NONE));
+    let tap = TxTranslator::new(&backend_caps(true, OffloadSet::ALL));
+    let headerless = TxTranslator::new(&backend_caps(false, OffloadSet::NONE));
     let mut g = c.benchmark_group("decode_route_1514");
     g.throughput(Throughput::Bytes(frame.len() as u64));
     g.bench_function("volt-net-direct", |b| {
@@ -113,11 +100,11 @@ fn gso_64k(c: &mut Criterion) {
     for (name, tx) in [
         (
             "volt-net-full-csum",
-            TxTranslator::new(&caps(false, OffloadSet::NONE)),
+            TxTranslator::new(&backend_caps(false, OffloadSet::NONE)),
         ),
         (
             "volt-net-partial-csum",
-            TxTranslator::new(&caps(true, OffloadSet::CSUM)),
+            TxTranslator::new(&backend_caps(true, OffloadSet::CSUM)),
         ),
     ] {
         let mut out = vec![0u8; 2048];

@@ -1,24 +1,12 @@
 //! The fuzz harnesses, as plain functions so that the seed corpus also runs under
 //! `cargo test` (see `tests/corpus.rs`) without libFuzzer.
 
-use net_api::{Capabilities, OffloadSet};
+use net_api::OffloadSet;
+use net_virtio::test_utils::backend_caps;
 use net_virtio::{HdrLayout, RxTranslator, SoftFrame, TxTranslator, HEAD_LEN, MAX_SEGMENT_HEADERS};
 
 /// Largest input the harness looks at: one virtio-net buffer (header and a 64 KiB frame).
 pub const MAX_INPUT: usize = 65562 + 20;
-
-fn caps(vnet_hdr: bool, offloads: OffloadSet) -> Capabilities {
-    Capabilities {
-        vnet_hdr,
-        tx_offloads: offloads,
-        rx_offloads: offloads,
-        rx_csum_verified: false,
-        max_frame: 65550,
-        max_queue_pairs: 1,
-        mac: None,
-        mtu: 1500,
-    }
-}
 
 /// Input layout: byte 0 picks the header layout and the guest's receive offloads, then the
 /// header in that layout, then the frame.
@@ -46,9 +34,9 @@ pub fn header_translate(data: &[u8]) {
     let head = &frame[..frame.len().min(HEAD_LEN)];
     let mut copy = Vec::with_capacity(frame.len());
     for backend in [
-        caps(true, OffloadSet::ALL),
-        caps(true, OffloadSet::CSUM),
-        caps(false, OffloadSet::NONE),
+        backend_caps(true, OffloadSet::ALL),
+        backend_caps(true, OffloadSet::CSUM),
+        backend_caps(false, OffloadSet::NONE),
     ] {
         let tx = TxTranslator::new(&backend);
         let routed = tx.route(&hdr, frame.len(), head);
@@ -56,7 +44,11 @@ pub fn header_translate(data: &[u8]) {
         copy.extend_from_slice(frame);
         let soft = tx.software(&hdr, &mut copy);
         // Both paths agree on whether the frame is valid.
-        assert_eq!(routed.is_ok(), soft.is_ok(), "route {routed:?} vs software {soft:?}");
+        assert_eq!(
+            routed.is_ok(),
+            soft.is_ok(),
+            "route {routed:?} vs software {soft:?}"
+        );
         if let Ok(SoftFrame::Segments(seg)) = soft {
             let mut headers = [0u8; MAX_SEGMENT_HEADERS];
             let mut total = 0usize;
@@ -82,12 +74,64 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
     use net_api::GsoType;
     use net_virtio::test_utils::GuestFrame;
     let specs = [
-        ("tso4", GuestFrame { payload_len: 4000, gso: GsoType::TcpV4, ..GuestFrame::default() }),
-        ("tso6-vlan-ecn", GuestFrame { ipv6: true, vlan: true, ecn: true, payload_len: 3000, gso: GsoType::TcpV6, gso_size: 1000, ..GuestFrame::default() }),
-        ("uso4", GuestFrame { tcp: false, payload_len: 3000, gso: GsoType::UdpL4, gso_size: 1000, ..GuestFrame::default() }),
-        ("ufo6", GuestFrame { ipv6: true, tcp: false, payload_len: 3000, gso: GsoType::Udp, gso_size: 1000, ..GuestFrame::default() }),
-        ("csum-tcp", GuestFrame { payload_len: 200, ..GuestFrame::default() }),
-        ("tso4-options", GuestFrame { tcp_options: 12, payload_len: 2000, gso: GsoType::TcpV4, gso_size: 536, ..GuestFrame::default() }),
+        (
+            "tso4",
+            GuestFrame {
+                payload_len: 4000,
+                gso: GsoType::TcpV4,
+                ..GuestFrame::default()
+            },
+        ),
+        (
+            "tso6-vlan-ecn",
+            GuestFrame {
+                ipv6: true,
+                vlan: true,
+                ecn: true,
+                payload_len: 3000,
+                gso: GsoType::TcpV6,
+                gso_size: 1000,
+                ..GuestFrame::default()
+            },
+        ),
+        (
+            "uso4",
+            GuestFrame {
+                tcp: false,
+                payload_len: 3000,
+                gso: GsoType::UdpL4,
+                gso_size: 1000,
+                ..GuestFrame::default()
+            },
+        ),
+        (
+            "ufo6",
+            GuestFrame {
+                ipv6: true,
+                tcp: false,
+                payload_len: 3000,
+                gso: GsoType::Udp,
+                gso_size: 1000,
+                ..GuestFrame::default()
+            },
+        ),
+        (
+            "csum-tcp",
+            GuestFrame {
+                payload_len: 200,
+                ..GuestFrame::default()
+            },
+        ),
+        (
+            "tso4-options",
+            GuestFrame {
+                tcp_options: 12,
+                payload_len: 2000,
+                gso: GsoType::TcpV4,
+                gso_size: 536,
+                ..GuestFrame::default()
+            },
+        ),
     ];
     let mut out = Vec::new();
     for (name, spec) in specs {
@@ -95,7 +139,9 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
         for (sel, layout) in [(0u8, HdrLayout::Legacy), (2, HdrLayout::V1)] {
             let mut input = vec![sel];
             let mut wire = [0u8; 20];
-            let n = layout.encode(&hdr, &mut wire).expect("20 bytes hold any header");
+            let n = layout
+                .encode(&hdr, &mut wire)
+                .expect("20 bytes hold any header");
             input.extend_from_slice(&wire[..n]);
             input.extend_from_slice(&frame);
             out.push((format!("seed-{name}-{sel}"), input));

@@ -23,5 +23,9 @@ fn seeds_and_corpus_run_clean() {
         volt_net_fuzz::header_translate(&std::fs::read(&path).expect("read input"));
         n += 1;
     }
-    assert!(n >= seeds.len(), "the committed seeds are in {}", dir.display());
+    assert!(
+        n >= seeds.len(),
+        "the committed seeds are in {}",
+        dir.display()
+    );
 }

@@ -183,14 +183,8 @@ mod tests {
 
     fn caps(vnet_hdr: bool, rx: OffloadSet, verified: bool) -> Capabilities {
         Capabilities {
-            vnet_hdr,
-            tx_offloads: rx,
-            rx_offloads: rx,
             rx_csum_verified: verified,
-            max_frame: 65550,
-            max_queue_pairs: 1,
-            mac: None,
-            mtu: 1500,
+            ..crate::test_utils::backend_caps(vnet_hdr, rx)
         }
     }
 

@@ -5,7 +5,7 @@
 //! holds the pseudo-header seed, as Linux leaves it for `NEEDS_CSUM`, and the matching header.
 
 use net_api::hdr::{GSO_ECN, NEEDS_CSUM};
-use net_api::{GsoType, VirtioNetHdr};
+use net_api::{Capabilities, GsoType, OffloadSet, VirtioNetHdr};
 
 use crate::csum::{add_pseudo_header, Checksum};
 use crate::frame::{ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN, IPV6_HLEN, UDP_HLEN, VLAN_HLEN};
@@ -150,5 +150,20 @@ impl GuestFrame {
             num_buffers: 0,
         };
         (hdr, f)
+    }
+}
+
+/// Capabilities of a backend shape: `vnet_hdr` with `offloads` each way (TAP-like with
+/// [`OffloadSet::ALL`]), or no header at all (AF_XDP-like), 1500-byte MTU, GSO-sized frames.
+pub fn backend_caps(vnet_hdr: bool, offloads: OffloadSet) -> Capabilities {
+    Capabilities {
+        vnet_hdr,
+        tx_offloads: offloads,
+        rx_offloads: offloads,
+        rx_csum_verified: false,
+        max_frame: crate::MAX_FRAME_LEN,
+        max_queue_pairs: 1,
+        mac: None,
+        mtu: 1500,
     }
 }

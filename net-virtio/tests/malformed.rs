@@ -1,9 +1,9 @@
 //! Every malformed header or frame is a typed error, never a panic.
 
 use net_api::hdr::{DATA_VALID, GSO_ECN, NEEDS_CSUM};
-use net_api::{Capabilities, GsoType, OffloadSet, VirtioNetHdr};
+use net_api::{GsoType, OffloadSet, VirtioNetHdr};
 use net_virtio::csum::CsumOutOfFrame;
-use net_virtio::test_utils::GuestFrame;
+use net_virtio::test_utils::{backend_caps, GuestFrame};
 use net_virtio::{
     FrameError, HdrLayout, RxTranslator, SoftFrame, TxTranslator, HEAD_LEN, MAX_FRAME_LEN,
     MAX_SEGMENT_HEADERS,
@@ -11,16 +11,7 @@ use net_virtio::{
 use proptest::prelude::*;
 
 fn headerless() -> TxTranslator {
-    TxTranslator::new(&Capabilities {
-        vnet_hdr: false,
-        tx_offloads: OffloadSet::NONE,
-        rx_offloads: OffloadSet::NONE,
-        rx_csum_verified: false,
-        max_frame: 1514,
-        max_queue_pairs: 1,
-        mac: None,
-        mtu: 1500,
-    })
+    TxTranslator::new(&backend_caps(false, OffloadSet::NONE))
 }
 
 /// Runs a frame through route and the software path; returns the first error.
@@ -345,9 +336,7 @@ proptest! {
             let at = usize::from(flip.0) % frame.len();
             frame[at] ^= flip.1;
         }
-        for tx in [headerless(), TxTranslator::new(&Capabilities {
-            vnet_hdr: true, tx_offloads: OffloadSet::CSUM, rx_offloads: OffloadSet::NONE,
-            rx_csum_verified: false, max_frame: 65550, max_queue_pairs: 1, mac: None, mtu: 1500 })]
+        for tx in [headerless(), TxTranslator::new(&backend_caps(true, OffloadSet::CSUM))]
         {
             let _ = tx.route(&hdr, frame.len(), &frame[..frame.len().min(HEAD_LEN)]);
             let mut copy = frame.clone();
