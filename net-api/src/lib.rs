@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod ether;
 pub mod hdr;
 pub mod loopback;
 pub mod mac;

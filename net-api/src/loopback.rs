@@ -32,14 +32,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
+use crate::ether::{is_ipv6, ETH_HLEN};
 use crate::hdr::VirtioNetHdr;
 use crate::mac::MacAddr;
 use crate::offload::{Capabilities, OffloadSet};
 use crate::queue::{Backend, Interest, QueuePair, Readiness, RxFrame, TxFrame};
 use crate::stats::{DropReason, QueueStats};
-
-/// Ethernet header length: the shortest frame the loopback carries.
-const ETH_HLEN: usize = 14;
 
 /// How a loopback pair is built. Both ends get the same settings.
 #[derive(Clone, Debug)]
@@ -218,7 +216,7 @@ impl LoopbackQueue {
         if !self.caps.vnet_hdr {
             return Some(DropReason::UnsupportedOffload);
         }
-        match OffloadSet::required_by(hdr, ethertype_is_ipv6(frame)) {
+        match OffloadSet::required_by(hdr, is_ipv6(frame)) {
             None => Some(DropReason::MalformedHeader),
             Some(need) if allowed.contains(need) => None,
             Some(_) => Some(DropReason::UnsupportedOffload),
@@ -350,24 +348,6 @@ fn scatter(mut data: &[u8], bufs: &mut [IoSliceMut<'_>]) {
         b[..n].copy_from_slice(&data[..n]);
         data = &data[n..];
     }
-}
-
-/// Whether the frame's network layer is IPv6, looking through up to two VLAN tags.
-fn ethertype_is_ipv6(frame: &[u8]) -> bool {
-    const VLAN_TYPES: [u16; 2] = [0x8100, 0x88a8];
-    let mut off = 12;
-    for _ in 0..3 {
-        let Some(b) = frame.get(off..off + 2) else {
-            return false;
-        };
-        let et = u16::from_be_bytes([b[0], b[1]]);
-        if VLAN_TYPES.contains(&et) {
-            off += 4;
-            continue;
-        }
-        return et == 0x86dd;
-    }
-    false
 }
 
 #[derive(Debug)]

@@ -98,8 +98,8 @@ pub struct MissingDependency {
     pub requires: &'static str,
 }
 
-/// Feature dependencies of virtio 1.2, 5.1.3.1: (feature, any one of these).
-const DEPENDENCIES: [(u32, &[u32], &str); 17] = [
+/// Feature dependencies of virtio 1.2/1.3, 5.1.3.1: (feature, any one of these).
+const DEPENDENCIES: [(u32, &[u32], &str); 20] = [
     (
         vn::VIRTIO_NET_F_GUEST_TSO4,
         &[vn::VIRTIO_NET_F_GUEST_CSUM],
@@ -160,6 +160,18 @@ const DEPENDENCIES: [(u32, &[u32], &str); 17] = [
         &[vn::VIRTIO_NET_F_CTRL_VQ],
         "CTRL_VQ",
     ),
+    (vn::VIRTIO_NET_F_RSS, &[vn::VIRTIO_NET_F_CTRL_VQ], "CTRL_VQ"),
+    (
+        vn::VIRTIO_NET_F_NOTF_COAL,
+        &[vn::VIRTIO_NET_F_CTRL_VQ],
+        "CTRL_VQ",
+    ),
+    (
+        vn::VIRTIO_NET_F_RSC_EXT,
+        &[vn::VIRTIO_NET_F_HOST_TSO4, vn::VIRTIO_NET_F_HOST_TSO6],
+        "HOST_TSO4 or HOST_TSO6",
+    ),
+    // Not in the spec's list, but its only command travels on the control queue.
     (
         vn::VIRTIO_NET_F_CTRL_GUEST_OFFLOADS,
         &[vn::VIRTIO_NET_F_CTRL_VQ],

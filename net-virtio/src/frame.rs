@@ -8,12 +8,9 @@ use net_api::GsoType;
 
 use crate::error::FrameError;
 
-/// Ethernet header length.
-pub const ETH_HLEN: usize = 14;
-/// One VLAN tag.
-pub const VLAN_HLEN: usize = 4;
-/// The most VLAN tags looked through.
-pub const MAX_VLAN_TAGS: usize = 2;
+pub use net_api::ether::{ethertype, is_ipv6, ETH_HLEN, MAX_VLAN_TAGS, VLAN_HLEN};
+use net_api::ether::{ETHERTYPE_IPV4, ETHERTYPE_IPV6};
+
 /// IPv4 header without options.
 pub const IPV4_HLEN: usize = 20;
 /// The fixed IPv6 header.
@@ -31,11 +28,6 @@ pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 /// The IPv6 fragment header.
 pub const IPPROTO_FRAGMENT: u8 = 44;
-
-const ETHERTYPE_IPV4: u16 = 0x0800;
-const ETHERTYPE_IPV6: u16 = 0x86dd;
-const ETHERTYPE_VLAN: u16 = 0x8100;
-const ETHERTYPE_QINQ: u16 = 0x88a8;
 
 /// Where the layers of a frame start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,28 +68,6 @@ fn need(frame: &[u8], what: &'static str, end: usize) -> Result<(), FrameError> 
         });
     }
     Ok(())
-}
-
-/// The ethertype after up to [`MAX_VLAN_TAGS`] tags, and the offset of the header it names.
-/// `None` when the frame ends first.
-pub fn ethertype(frame: &[u8]) -> Option<(u16, usize)> {
-    let mut off = ETH_HLEN - 2;
-    for _ in 0..=MAX_VLAN_TAGS {
-        let et = u16::from_be_bytes([*frame.get(off)?, *frame.get(off + 1)?]);
-        if et == ETHERTYPE_VLAN || et == ETHERTYPE_QINQ {
-            off += VLAN_HLEN;
-            continue;
-        }
-        return Some((et, off + 2));
-    }
-    // A third tag: not looked through; report it as the ethertype (not IP).
-    let et = u16::from_be_bytes([*frame.get(off)?, *frame.get(off + 1)?]);
-    Some((et, off + 2))
-}
-
-/// Whether the frame is IPv6 as far as its ethertype says (false when too short to tell).
-pub fn is_ipv6(frame: &[u8]) -> bool {
-    matches!(ethertype(frame), Some((ETHERTYPE_IPV6, _)))
 }
 
 /// Checks that a frame of `len` bytes with these layers fits the IP length fields: the IPv4

@@ -15,7 +15,11 @@
 //! block (at most [`MAX_SEGMENT_HEADERS`] bytes, in the caller's buffer) followed by an
 //! unmodified range of the original frame: the payload is never copied here.
 
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
 
 use net_api::hdr::NEEDS_CSUM;
 use net_api::{GsoType, VirtioNetHdr};
@@ -130,7 +134,13 @@ impl Segmenter {
                         gso_size: hdr.gso_size,
                     });
                 }
-                (layers.l4, usize::from(hdr.gso_size & !7))
+                // An IPv6 fragment's payload length also covers its 8-byte fragment header.
+                let max = if layers.ipv6 {
+                    usize::from(u16::MAX) - IPV6_FRAG_HLEN
+                } else {
+                    usize::from(u16::MAX)
+                };
+                (layers.l4, usize::from(hdr.gso_size).min(max) & !7)
             }
             Kind::Tcp | Kind::Uso => (layers.payload, usize::from(hdr.gso_size)),
         };
@@ -168,6 +178,11 @@ impl Segmenter {
     /// How many segments the frame makes (at least 1).
     pub fn count(&self) -> usize {
         self.count
+    }
+
+    /// Whether the segments are IP fragments (UFO over more than one fragment).
+    pub fn fragments(&self) -> bool {
+        self.kind == Kind::Ufo && self.count > 1
     }
 
     /// The parsed layers of the frame.
@@ -308,13 +323,12 @@ impl Segmenter {
         }
         frame[ly.l4 + 6..ly.l4 + 8].copy_from_slice(&sum);
         if ly.ipv6 {
-            // One identification per datagram, stable for its fragments; derived from the
-            // addresses and the checksum so that distinct datagrams differ.
-            let mut h = 0x811c_9dc5u32;
-            for b in frame[ly.l3 + 8..ly.l3 + 40].iter().chain(sum.iter()) {
-                h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
-            }
-            self.frag_ident = h;
+            // One identification per datagram, stable for its fragments: a keyed hash of the
+            // addresses (the key random per process) plus a counter, so identifications are
+            // neither shared between datagrams of a flow nor predictable (RFC 7739).
+            let keyed = frag_ident_key().hash_one(&frame[ly.l3 + 8..ly.l3 + 40]) as u32;
+            self.frag_ident =
+                keyed.wrapping_add(FRAG_IDENT_COUNTER.fetch_add(1, Ordering::Relaxed));
         }
     }
 
@@ -359,6 +373,13 @@ impl Segmenter {
             payload: start..end,
         }
     }
+}
+
+static FRAG_IDENT_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn frag_ident_key() -> &'static RandomState {
+    static KEY: OnceLock<RandomState> = OnceLock::new();
+    KEY.get_or_init(RandomState::new)
 }
 
 /// Recomputes an IPv4 header's checksum in place.

@@ -183,6 +183,8 @@ impl TxTranslator {
             if self.accept.contains(OffloadSet::CSUM) {
                 return Ok(SoftFrame::Whole(VirtioNetHdr {
                     flags: NEEDS_CSUM,
+                    csum_start: hdr.csum_start,
+                    csum_offset: hdr.csum_offset,
                     ..VirtioNetHdr::PLAIN
                 }));
             }
@@ -227,6 +229,16 @@ impl RxTranslator {
         }
     }
 
+    /// The header for the segments of a software-segmented frame: [`Self::complete_hdr`],
+    /// except for IP fragments (UFO), whose checksum only the reassembled datagram carries.
+    pub fn segment_hdr(&self, seg: &Segmenter) -> VirtioNetHdr {
+        if seg.fragments() {
+            VirtioNetHdr::PLAIN
+        } else {
+            self.complete_hdr()
+        }
+    }
+
     fn valid_flag(&self) -> u8 {
         if self.guest.contains(OffloadSet::CSUM) {
             DATA_VALID
@@ -248,10 +260,14 @@ impl RxTranslator {
             return Ok(RxRoute::Software);
         }
         // RSC_INFO is never offered; DATA_VALID only means something with GUEST_CSUM.
-        let mut flags = hdr.flags & NEEDS_CSUM;
-        if hdr.flags & DATA_VALID != 0 {
-            flags |= self.valid_flag();
-        }
+        // A partial checksum is not a verified one: DATA_VALID goes with NEEDS_CSUM clear.
+        let flags = if hdr.needs_csum() {
+            NEEDS_CSUM
+        } else if hdr.flags & DATA_VALID != 0 {
+            self.valid_flag()
+        } else {
+            0
+        };
         Ok(RxRoute::Deliver(VirtioNetHdr {
             flags,
             num_buffers: 0,
@@ -261,7 +277,7 @@ impl RxTranslator {
 
     /// Completes the checksum of, or segments, a received frame the guest cannot take as it
     /// is. `frame` is a contiguous copy the device may modify. Segments come with complete
-    /// checksums: deliver each with [`RxTranslator::complete_hdr`].
+    /// checksums: deliver each with [`RxTranslator::segment_hdr`].
     pub fn software(&self, hdr: &VirtioNetHdr, frame: &mut [u8]) -> Result<SoftFrame, FrameError> {
         let gso = check(hdr, frame.len(), frame)?;
         if gso != GsoType::None {

@@ -311,6 +311,20 @@ fn rx_flags_follow_guest_features() {
         csum.route(&valid, frame.len(), &frame),
         Ok(net_virtio::RxRoute::Deliver(valid))
     );
+    // A partial checksum is not a verified one: DATA_VALID is dropped beside NEEDS_CSUM.
+    let both = VirtioNetHdr {
+        flags: NEEDS_CSUM | DATA_VALID,
+        csum_start: 34,
+        csum_offset: 16,
+        ..VirtioNetHdr::PLAIN
+    };
+    assert_eq!(
+        csum.route(&both, frame.len(), &frame),
+        Ok(net_virtio::RxRoute::Deliver(VirtioNetHdr {
+            flags: NEEDS_CSUM,
+            ..both
+        }))
+    );
 }
 
 proptest! {

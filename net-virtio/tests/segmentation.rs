@@ -268,3 +268,86 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn csum_only_backend_keeps_the_checksum_location() {
+    let tx = net_virtio::TxTranslator::new(&net_virtio::test_utils::backend_caps(
+        true,
+        net_api::OffloadSet::CSUM,
+    ));
+    let (hdr, frame) = GuestFrame {
+        payload_len: 500,
+        ..GuestFrame::default()
+    }
+    .build();
+    let mut copy = frame.clone();
+    let net_virtio::SoftFrame::Whole(h) = tx.software(&hdr, &mut copy).expect("valid") else {
+        panic!("a frame without GSO stays whole");
+    };
+    assert_eq!(
+        (h.flags, h.csum_start, h.csum_offset),
+        (hdr.flags, hdr.csum_start, hdr.csum_offset)
+    );
+    assert_eq!(copy, frame, "left for the backend to complete");
+    complete_partial(
+        &mut copy,
+        usize::from(h.csum_start),
+        usize::from(h.csum_offset),
+    )
+    .expect("in frame");
+    assert_eq!(verify(&copy).payload, spec_payload(500));
+}
+
+fn spec_payload(n: usize) -> Vec<u8> {
+    GuestFrame {
+        payload_len: n,
+        ..GuestFrame::default()
+    }
+    .payload()
+}
+
+#[test]
+fn ipv6_fragment_identifications_differ_between_datagrams() {
+    let spec = GuestFrame {
+        ipv6: true,
+        tcp: false,
+        payload_len: 3000,
+        gso: GsoType::Udp,
+        gso_size: 1448,
+        ..GuestFrame::default()
+    };
+    let ident = || {
+        let (hdr, mut frame) = spec.build();
+        let seg = Segmenter::new(&hdr, &mut frame, false).expect("valid");
+        let (_, bytes) = seg.segment_to_vec(0, &frame);
+        verify(&bytes).fragment.expect("a fragment").2
+    };
+    assert_ne!(
+        ident(),
+        ident(),
+        "the same datagram twice gets two identifications"
+    );
+}
+
+#[test]
+fn rx_fragments_are_delivered_without_data_valid() {
+    let rx = net_virtio::RxTranslator::new(net_api::OffloadSet::CSUM);
+    let (hdr, mut frame) = GuestFrame {
+        tcp: false,
+        payload_len: 4000,
+        gso: GsoType::Udp,
+        gso_size: 1480,
+        ..GuestFrame::default()
+    }
+    .build();
+    let net_virtio::SoftFrame::Segments(seg) = rx.software(&hdr, &mut frame).expect("valid") else {
+        panic!("UFO is segmented for a guest without GUEST_UFO");
+    };
+    assert!(seg.fragments());
+    assert!(rx.segment_hdr(&seg).is_plain());
+    let (hdr, mut frame) = GuestFrame::tso4_64k().build();
+    let net_virtio::SoftFrame::Segments(seg) = rx.software(&hdr, &mut frame).expect("valid") else {
+        panic!("TSO is segmented for a guest without GUEST_TSO4");
+    };
+    assert_eq!(rx.segment_hdr(&seg).flags, net_api::hdr::DATA_VALID);
+}
