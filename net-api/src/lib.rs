@@ -14,6 +14,25 @@
 //! - [`loopback`]: two ends joined in memory, for tests, benchmarks and examples.
 //!
 //! The rules of buffer ownership, backpressure and errors are in the [`queue`] module.
+//!
+//! ```
+//! use std::io::{IoSlice, IoSliceMut};
+//! use net_api::{loopback, Backend, OffloadSet, QueuePair, TxFrame, VirtioNetHdr};
+//!
+//! // A device programs against any Backend; the loopback needs no privileges.
+//! let cfg = loopback::LoopbackConfig { queue_pairs: 2, ..Default::default() };
+//! let (mut host, mut peer) = loopback::pair(cfg)?;
+//! let caps = host.capabilities();
+//! assert!(!caps.vnet_hdr && caps.tx_offloads == OffloadSet::NONE);
+//! let (mut q1, mut p1) = (host.open_queue_pair(1)?, peer.open_queue_pair(1)?);
+//! let frame = [0u8; 64];
+//! let sent = q1.send(&[TxFrame { hdr: VirtioNetHdr::PLAIN, data: &[IoSlice::new(&frame)] }])?;
+//! assert_eq!(sent, 1); // fewer than offered would mean: wait for q1.tx_readiness()
+//! let mut buf = [0u8; 1518];
+//! assert_eq!(p1.recv(&mut [IoSliceMut::new(&mut buf)])?.map(|f| f.len), Some(64));
+//! assert_eq!(q1.stats().tx_packets, 1);
+//! # Ok::<(), net_api::Error>(())
+//! ```
 //! This crate does no I/O of its own beyond the loopback's doorbells, has no `unsafe`, and
 //! depends only on `thiserror` and `virtio-bindings`.
 
