@@ -63,8 +63,28 @@ impl SoftFrame {
 const KNOWN_FLAGS: u8 = NEEDS_CSUM | DATA_VALID | RSC_INFO;
 
 /// Checks a header against a frame of `len` bytes whose first bytes are `head`, and returns
-/// its segmentation type. Used by both directions.
+/// its segmentation type. Used by both directions' `route`.
 fn check(hdr: &VirtioNetHdr, len: usize, head: &[u8]) -> Result<GsoType, FrameError> {
+    let gso = check_header(hdr, len)?;
+    if gso != GsoType::None {
+        // The frame's own headers must be there and match the GSO type; a frame shorter
+        // than `head` is all in `head`.
+        let n = head.len().min(len);
+        let layers = parse_for_gso(&head[..n], gso).map_err(|e| match e {
+            FrameError::Truncated { what, need, .. } if n < len => {
+                FrameError::Truncated { what, need, len: n }
+            }
+            e => e,
+        })?;
+        check_ip_length(&layers, len)?;
+    }
+    Ok(gso)
+}
+
+/// The checks of [`check`] that need only the header and the frame's length. The software
+/// paths use it alone: for a GSO frame, [`Segmenter::new`] then parses the frame's headers
+/// (once) with the same checks.
+fn check_header(hdr: &VirtioNetHdr, len: usize) -> Result<GsoType, FrameError> {
     if len > MAX_FRAME_LEN {
         return Err(FrameError::TooLarge {
             len,
@@ -109,18 +129,6 @@ fn check(hdr: &VirtioNetHdr, len: usize, head: &[u8]) -> Result<GsoType, FrameEr
             usize::from(hdr.csum_offset),
             len,
         )?;
-    }
-    if gso != GsoType::None {
-        // The frame's own headers must be there and match the GSO type; a frame shorter
-        // than `head` is all in `head`.
-        let n = head.len().min(len);
-        let layers = parse_for_gso(&head[..n], gso).map_err(|e| match e {
-            FrameError::Truncated { what, need, .. } if n < len => {
-                FrameError::Truncated { what, need, len: n }
-            }
-            e => e,
-        })?;
-        check_ip_length(&layers, len)?;
     }
     Ok(gso)
 }
@@ -174,7 +182,7 @@ impl TxTranslator {
     /// Completes or segments a frame the backend cannot take as it is. `frame` is the device's
     /// own copy of the whole frame; it is modified in place (checksums).
     pub fn software(&self, hdr: &VirtioNetHdr, frame: &mut [u8]) -> Result<SoftFrame, FrameError> {
-        let gso = check(hdr, frame.len(), frame)?;
+        let gso = check_header(hdr, frame.len())?;
         if gso != GsoType::None {
             let partial = self.accept.contains(OffloadSet::CSUM);
             return Ok(SoftFrame::Segments(Segmenter::new(hdr, frame, partial)?));
@@ -279,7 +287,7 @@ impl RxTranslator {
     /// is. `frame` is a contiguous copy the device may modify. Segments come with complete
     /// checksums: deliver each with [`RxTranslator::segment_hdr`].
     pub fn software(&self, hdr: &VirtioNetHdr, frame: &mut [u8]) -> Result<SoftFrame, FrameError> {
-        let gso = check(hdr, frame.len(), frame)?;
+        let gso = check_header(hdr, frame.len())?;
         if gso != GsoType::None {
             return Ok(SoftFrame::Segments(Segmenter::new(hdr, frame, false)?));
         }
