@@ -11,8 +11,10 @@ pub const MAX_VLAN_TAGS: usize = 2;
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
 /// IPv6.
 pub const ETHERTYPE_IPV6: u16 = 0x86dd;
-const ETHERTYPE_VLAN: u16 = 0x8100;
-const ETHERTYPE_QINQ: u16 = 0x88a8;
+/// An 802.1Q VLAN tag.
+pub const ETHERTYPE_VLAN: u16 = 0x8100;
+/// An 802.1ad (QinQ) outer tag.
+pub const ETHERTYPE_QINQ: u16 = 0x88a8;
 
 /// The ethertype after at most [`MAX_VLAN_TAGS`] tags, and the offset of the header it names;
 /// a third tag is reported as the ethertype (so: not IP). `None` when the frame ends first.

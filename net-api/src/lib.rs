@@ -11,6 +11,7 @@
 //!   receive into scatter-gather buffers, readiness fds for the VMM's event loop, would-block
 //!   as a normal outcome, counters ([`QueueStats`]) with drops by [`DropReason`];
 //! - [`Error`]: what failed, where, and what to do;
+//! - [`RxFilter`]: the receive filter a guest programs (RX mode, MAC and VLAN tables);
 //! - [`loopback`]: two ends joined in memory, for tests, benchmarks and examples.
 //!
 //! The rules of buffer ownership, backpressure and errors are in the [`queue`] module.
@@ -40,6 +41,7 @@
 
 pub mod error;
 pub mod ether;
+pub mod filter;
 pub mod hdr;
 pub mod loopback;
 pub mod mac;
@@ -48,6 +50,7 @@ pub mod queue;
 pub mod stats;
 
 pub use error::{Error, Result};
+pub use filter::RxFilter;
 pub use hdr::{GsoType, VirtioNetHdr};
 pub use mac::{MacAddr, ParseMacError};
 pub use offload::{Capabilities, OffloadSet};

@@ -6,6 +6,10 @@
 //! like an AF_XDP socket; it never segments or checksums anything itself, so a frame that asks
 //! for more than the receiving end enabled is dropped there and counted.
 //!
+//! Queue pairs can be detached ([`QueuePair::set_attached`]): frames the other end sends to a
+//! detached queue pair go to the lowest attached one instead (dropped, as `host-error`, when
+//! that one is full or none is attached), as a multi-queue TAP steers around detached queues.
+//!
 //! Readiness fds are `AF_UNIX` socket pairs used as doorbells: the receive doorbell is readable
 //! while frames wait, the transmit doorbell while there is room.
 //!
@@ -105,7 +109,9 @@ pub fn pair(cfg: LoopbackConfig) -> Result<(Loopback, Loopback)> {
     let b_to_a: Vec<_> = (0..n)
         .map(|_| Link::new(cfg.capacity))
         .collect::<Result<_>>()?;
-    let end = |name: &str, mac, tx: &[Arc<Link>], rx: &[Arc<Link>]| Loopback {
+    let a_to_b: Arc<[Arc<Link>]> = a_to_b.into();
+    let b_to_a: Arc<[Arc<Link>]> = b_to_a.into();
+    let end = |name: &str, mac, tx: &Arc<[Arc<Link>]>, rx: &Arc<[Arc<Link>]>| Loopback {
         name: format!("loopback:{name}"),
         caps: Capabilities {
             vnet_hdr: cfg.vnet_hdr,
@@ -125,8 +131,8 @@ pub fn pair(cfg: LoopbackConfig) -> Result<(Loopback, Loopback)> {
             mac: Some(mac),
             mtu: cfg.mtu,
         },
-        tx: tx.to_vec(),
-        rx: rx.to_vec(),
+        tx: Arc::clone(tx),
+        rx: Arc::clone(rx),
         open: (0..n).map(|_| Arc::new(AtomicBool::new(false))).collect(),
     };
     Ok((
@@ -140,8 +146,8 @@ pub fn pair(cfg: LoopbackConfig) -> Result<(Loopback, Loopback)> {
 pub struct Loopback {
     name: String,
     caps: Capabilities,
-    tx: Vec<Arc<Link>>,
-    rx: Vec<Arc<Link>>,
+    tx: Arc<[Arc<Link>]>,
+    rx: Arc<[Arc<Link>]>,
     open: Vec<Arc<AtomicBool>>,
 }
 
@@ -172,10 +178,12 @@ impl Backend for Loopback {
                 index,
             });
         }
+        rx.attached.store(true, Ordering::Release);
         Ok(LoopbackQueue {
             index,
             caps: self.caps.clone(),
             tx: Arc::clone(tx),
+            peers: Arc::clone(&self.tx),
             rx: Arc::clone(rx),
             open: Arc::clone(open),
             rx_enabled: OffloadSet::NONE,
@@ -190,6 +198,8 @@ pub struct LoopbackQueue {
     index: u16,
     caps: Capabilities,
     tx: Arc<Link>,
+    /// Every receive link of the other end, to steer around detached queue pairs.
+    peers: Arc<[Arc<Link>]>,
     rx: Arc<Link>,
     open: Arc<AtomicBool>,
     rx_enabled: OffloadSet,
@@ -198,11 +208,57 @@ pub struct LoopbackQueue {
 
 impl Drop for LoopbackQueue {
     fn drop(&mut self) {
+        self.rx.attached.store(true, Ordering::Release);
         self.open.store(false, Ordering::Release);
     }
 }
 
 impl LoopbackQueue {
+    /// Sends to the lowest attached queue pair of the other end, dropping what does not fit.
+    fn send_steered(&mut self, frames: &[TxFrame<'_>]) -> Result<usize> {
+        let target = self
+            .peers
+            .iter()
+            .find(|l| l.attached.load(Ordering::Acquire))
+            .cloned();
+        for frame in frames {
+            let len = frame.len();
+            let Some(link) = &target else {
+                self.stats.tx_drops.add(DropReason::HostError);
+                continue;
+            };
+            let mut st = link.lock();
+            if st.frames.len() >= link.capacity || len > self.caps.max_frame || len < ETH_HLEN {
+                self.stats.tx_drops.add(if len > self.caps.max_frame {
+                    DropReason::TooLarge
+                } else if len < ETH_HLEN {
+                    DropReason::Runt
+                } else {
+                    DropReason::HostError
+                });
+                continue;
+            }
+            let mut data = st.spare.pop().unwrap_or_default();
+            data.clear();
+            for s in frame.data {
+                data.extend_from_slice(s);
+            }
+            if let Some(reason) = self.header_refusal(&frame.hdr, &data, self.caps.tx_offloads) {
+                self.stats.tx_drops.add(reason);
+                st.spare.push(data);
+                continue;
+            }
+            let hdr = VirtioNetHdr {
+                num_buffers: 0,
+                ..frame.hdr
+            };
+            st.frames.push_back(Packet { hdr, data });
+            self.stats.count_tx(len);
+            link.readable.ring(&mut st.readable_armed)?;
+        }
+        Ok(frames.len())
+    }
+
     /// Why a frame with this header cannot cross, if it cannot.
     fn header_refusal(
         &self,
@@ -230,6 +286,18 @@ impl QueuePair for LoopbackQueue {
     }
 
     fn send(&mut self, frames: &[TxFrame<'_>]) -> Result<usize> {
+        if !self.rx.attached.load(Ordering::Acquire) {
+            return Err(Error::InvalidConfig {
+                what: "loopback queue state",
+                why: format!(
+                    "queue pair {} is detached: attach it before sending",
+                    self.index
+                ),
+            });
+        }
+        if !self.tx.attached.load(Ordering::Acquire) {
+            return self.send_steered(frames);
+        }
         let mut st = self.tx.lock();
         for (done, frame) in frames.iter().enumerate() {
             let len = frame.len();
@@ -268,6 +336,9 @@ impl QueuePair for LoopbackQueue {
     }
 
     fn recv(&mut self, bufs: &mut [IoSliceMut<'_>]) -> Result<Option<RxFrame>> {
+        if !self.rx.attached.load(Ordering::Acquire) {
+            return Ok(None);
+        }
         let room: usize = bufs.iter().map(|b| b.len()).sum();
         let mut st = self.rx.lock();
         loop {
@@ -319,6 +390,24 @@ impl QueuePair for LoopbackQueue {
         Ok(())
     }
 
+    fn set_attached(&mut self, attached: bool) -> Result<()> {
+        let mut st = self.rx.lock();
+        self.rx.attached.store(attached, Ordering::Release);
+        if !attached {
+            // Like TUNSETQUEUE's detach: what waited is gone.
+            let LinkState { frames, spare, .. } = &mut *st;
+            for pkt in frames.drain(..) {
+                self.stats.rx_drops.add(DropReason::HostError);
+                if spare.len() < self.rx.capacity {
+                    spare.push(pkt.data);
+                }
+            }
+            self.rx.readable.clear(&mut st.readable_armed)?;
+            self.rx.writable.ring(&mut st.writable_armed)?;
+        }
+        Ok(())
+    }
+
     fn rx_readiness(&self) -> Readiness<'_> {
         Readiness {
             fd: self.rx.readable.poll.as_fd(),
@@ -361,6 +450,8 @@ struct Packet {
 struct Link {
     state: Mutex<LinkState>,
     capacity: usize,
+    /// Whether the receiving queue pair is attached (frames are steered elsewhere when not).
+    attached: AtomicBool,
     /// Readable while frames wait.
     readable: Doorbell,
     /// Readable while there is room.
@@ -385,6 +476,7 @@ impl Link {
                 writable_armed: false,
             }),
             capacity,
+            attached: AtomicBool::new(true),
             readable: Doorbell::new()?,
             writable: Doorbell::new()?,
         };

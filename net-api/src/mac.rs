@@ -26,6 +26,11 @@ impl MacAddr {
         self.0[0] & 1 != 0
     }
 
+    /// The broadcast address.
+    pub fn is_broadcast(&self) -> bool {
+        *self == Self::BROADCAST
+    }
+
     /// Locally administered: the second-lowest bit of the first byte.
     pub const fn is_local(&self) -> bool {
         self.0[0] & 2 != 0

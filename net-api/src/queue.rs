@@ -32,6 +32,7 @@ use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::BorrowedFd;
 
 use crate::error::Result;
+use crate::filter::RxFilter;
 use crate::hdr::VirtioNetHdr;
 use crate::offload::{Capabilities, OffloadSet};
 use crate::stats::QueueStats;
@@ -111,6 +112,24 @@ pub trait QueuePair: Send {
     /// setting may apply to every queue pair of the backend.
     fn set_rx_offloads(&mut self, offloads: OffloadSet) -> Result<()>;
 
+    /// Attaches or detaches the queue pair on the host side (a TAP's `TUNSETQUEUE`).
+    ///
+    /// A detached queue pair receives nothing: the host side steers its frames to the attached
+    /// ones, so nothing waits in a queue that nobody reads. A device detaches the queue pairs
+    /// above the guest's active count (`VIRTIO_NET_CTRL_MQ`) and attaches them again when the
+    /// count rises. Queue pairs open attached. `send` on a detached queue pair is an error.
+    fn set_attached(&mut self, attached: bool) -> Result<()>;
+
+    /// Hands the guest's receive filter to the backend.
+    ///
+    /// Returns whether the host side applies it; with `false` (the default) the caller filters
+    /// received frames itself with [`RxFilter::accepts`]. The filter may apply to every queue
+    /// pair of the backend.
+    fn set_rx_filter(&mut self, filter: &RxFilter) -> Result<bool> {
+        let _ = filter;
+        Ok(false)
+    }
+
     /// When to call `recv` again.
     fn rx_readiness(&self) -> Readiness<'_>;
 
@@ -133,6 +152,12 @@ impl<Q: QueuePair + ?Sized> QueuePair for Box<Q> {
     }
     fn set_rx_offloads(&mut self, offloads: OffloadSet) -> Result<()> {
         (**self).set_rx_offloads(offloads)
+    }
+    fn set_attached(&mut self, attached: bool) -> Result<()> {
+        (**self).set_attached(attached)
+    }
+    fn set_rx_filter(&mut self, filter: &RxFilter) -> Result<bool> {
+        (**self).set_rx_filter(filter)
     }
     fn rx_readiness(&self) -> Readiness<'_> {
         (**self).rx_readiness()

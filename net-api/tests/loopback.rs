@@ -278,3 +278,54 @@ fn a_queue_pair_moves_between_threads() {
     }
     t.join().expect("sender");
 }
+
+#[test]
+fn detached_queue_pairs_are_steered_around_and_drained() {
+    let cfg = LoopbackConfig {
+        queue_pairs: 3,
+        ..Default::default()
+    };
+    let (mut a, mut b) = pair(cfg).expect("pair");
+    let mut qa: Vec<_> = (0..3)
+        .map(|i| a.open_queue_pair(i).expect("open"))
+        .collect();
+    let mut qb: Vec<_> = (0..3)
+        .map(|i| b.open_queue_pair(i).expect("open"))
+        .collect();
+    let f = frame(60, 7);
+    let data = [IoSlice::new(&f)];
+    let mut buf = vec![0u8; 1518];
+
+    // One frame waits on b's queue 2 when it is detached: it is dropped, not left behind.
+    assert_eq!(qa[2].send(&[plain(&data)]).expect("send"), 1);
+    qb[2].set_attached(false).expect("detach");
+    assert_eq!(qb[2].stats().rx_drops.get(DropReason::HostError), 1);
+    assert!(!ready(qb[2].rx_readiness().fd));
+    assert!(qb[2]
+        .recv(&mut [IoSliceMut::new(&mut buf)])
+        .expect("recv")
+        .is_none());
+    assert!(
+        qb[2].send(&[plain(&data)]).is_err(),
+        "a detached queue does not send"
+    );
+
+    // What a sends to queue 2 now reaches the lowest attached queue of b.
+    qb[0].set_attached(false).expect("detach");
+    assert_eq!(qa[2].send(&[plain(&data)]).expect("send"), 1);
+    assert!(ready(qb[1].rx_readiness().fd));
+    let got = qb[1].recv(&mut [IoSliceMut::new(&mut buf)]).expect("recv");
+    assert_eq!(got.map(|g| g.len), Some(60));
+    assert_eq!(&buf[..60], &f[..]);
+
+    // Nothing attached: counted as dropped on the sender.
+    qb[1].set_attached(false).expect("detach");
+    assert_eq!(qa[0].send(&[plain(&data)]).expect("send"), 1);
+    assert_eq!(qa[0].stats().tx_drops.get(DropReason::HostError), 1);
+
+    // Attached again: frames flow on the queue itself.
+    qb[2].set_attached(true).expect("attach");
+    assert_eq!(qa[2].send(&[plain(&data)]).expect("send"), 1);
+    let got = qb[2].recv(&mut [IoSliceMut::new(&mut buf)]).expect("recv");
+    assert_eq!(got.map(|g| g.len), Some(60));
+}
