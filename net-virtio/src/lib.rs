@@ -9,10 +9,15 @@
 //! - [`translate`]: checking every guest header against its frame, passing frames through when
 //!   the backend has the offloads, and otherwise completing checksums ([`csum`]) and segmenting
 //!   GSO frames ([`gso`]) in software; adjusting received headers to the guest's features;
-//! - [`frame`]: the header parsing segmentation needs.
+//! - [`frame`]: the header parsing segmentation needs;
+//! - [`pump`]: the transmit and receive virtqueue pumps (virtio-queue over vm-memory), with
+//!   mergeable receive buffers, zero-copy where the backend takes iovecs, and backpressure;
+//! - [`ctrl`]: control queue commands, bounded decoding;
+//! - [`device`]: the device a VMM embeds: features, config space, status, multiqueue, the
+//!   control queue, and the fds and calls of its event loop ([`irq`] for interrupts);
+//! - [`guest`]: descriptor chains walked with bounds, and guest memory as `IoSlice`s.
 //!
-//! Later work adds the virtqueue pumps, mergeable receive buffers, multiqueue and the control
-//! queue on top of these. Malformed input is a typed [`FrameError`], never a panic.
+//! Malformed input from a guest is a typed error or a counted drop, never a panic.
 //!
 //! ```
 //! use net_api::{hdr::NEEDS_CSUM, GsoType, VirtioNetHdr, Capabilities, OffloadSet};
@@ -38,21 +43,33 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-#![forbid(unsafe_code)]
+// Only `guest` may use `unsafe` (guest memory as `IoSlice`s for the backends).
+#![deny(unsafe_code)]
 
 pub mod codec;
 pub mod csum;
+pub mod ctrl;
+pub mod device;
 pub mod error;
 pub mod features;
 pub mod frame;
 pub mod gso;
+#[allow(unsafe_code)]
+pub mod guest;
+pub mod irq;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod mock;
+pub mod pump;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod test_utils;
 pub mod translate;
 
 pub use codec::{HdrLayout, ShortHeader};
+pub use device::{DeviceConfig, DeviceError, Event, NetDevice, Watch};
 pub use error::FrameError;
 pub use gso::{Segment, Segmenter, MAX_SEGMENT_HEADERS};
+pub use irq::{EventFdInterrupts, Interrupt, IrqCause};
+pub use pump::{PumpError, PumpOutcome, PumpStats, RxPump, TxPump};
 pub use translate::{
     RxRoute, RxTranslator, SoftFrame, TxRoute, TxTranslator, HEAD_LEN, MAX_FRAME_LEN,
 };

@@ -113,7 +113,7 @@ impl GuestFrame {
             }
             f.extend_from_slice(&[words << 4, flags, 0xff, 0xff, 0, 0, 0, 0]);
             // NOP options, then end of list.
-            f.extend(std::iter::repeat(1u8).take(self.tcp_options));
+            f.extend(std::iter::repeat_n(1u8, self.tcp_options));
             16u16
         } else {
             f.extend_from_slice(&(l4_len.min(usize::from(u16::MAX)) as u16).to_be_bytes());

@@ -150,3 +150,5 @@ pub fn reassemble(frags: &[Checked]) -> Vec<u8> {
     }
     out
 }
+
+pub mod harness;

@@ -1,0 +1,1122 @@
+//! The virtio-net device a VMM embeds: features, config space, status, queues, the control
+//! queue and the event loop hooks, over any `net-api` backend.
+//!
+//! The VMM's transport (PCI or MMIO) forwards the driver's register accesses:
+//! [`NetDevice::features`], [`NetDevice::ack_features`], [`NetDevice::set_status`],
+//! [`NetDevice::read_config`], the queue setters ([`NetDevice::set_queue_size`],
+//! [`NetDevice::set_queue_addresses`], [`NetDevice::set_queue_ready`]). Queue notifications
+//! arrive on the device's kick eventfds ([`NetDevice::kick_fd`], for KVM's
+//! `register_ioevent`); the device interrupts the guest through an [`Interrupt`] (a callback,
+//! or [`crate::irq::EventFdInterrupts`] for KVM's `register_irqfd`).
+//!
+//! The event loop: poll every fd of [`NetDevice::watches`] for its interest and call
+//! [`NetDevice::handle`] with the watch's event when it fires; when
+//! [`NetDevice::watch_generation`] changes after a call, fetch the watches again (the device
+//! polls a backend's receive fd only while it holds guest buffers, and its transmit fd only
+//! while the backend is full, so a level-triggered poll never spins).
+//!
+//! Queue transport indices: `2i` receive and `2i + 1` transmit of pair `i`, then the control
+//! queue: index `2N` with `VIRTIO_NET_F_MQ` (N queue pairs), index 2 without.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use log::{info, warn};
+use net_api::{Backend, Capabilities, Interest, MacAddr, OffloadSet, QueuePair, RxFilter};
+use virtio_bindings::virtio_config as vc;
+use virtio_bindings::virtio_net as vn;
+use virtio_bindings::virtio_ring as vr;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{GuestAddress, GuestMemory};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::codec::HdrLayout;
+use crate::ctrl::{Command, CommandReader, Refused, RxMode, GUEST_OFFLOAD_BITS};
+use crate::features::{
+    bit, check_dependencies, guest_offloads, offload_features, MissingDependency,
+};
+use crate::guest::{self, Direction, Seg};
+use crate::irq::{Interrupt, IrqCause};
+use crate::pump::{PumpError, PumpOutcome, PumpStats, RxConfig, RxPump, TxPump, BUDGET};
+use crate::translate::{RxTranslator, TxTranslator};
+
+/// `VIRTIO_CONFIG_S_*` as a byte.
+const S_FEATURES_OK: u8 = vc::VIRTIO_CONFIG_S_FEATURES_OK as u8;
+const S_DRIVER_OK: u8 = vc::VIRTIO_CONFIG_S_DRIVER_OK as u8;
+const S_NEEDS_RESET: u8 = vc::VIRTIO_CONFIG_S_NEEDS_RESET as u8;
+const S_FAILED: u8 = vc::VIRTIO_CONFIG_S_FAILED as u8;
+
+/// Bytes of the config space this device has (`mac` .. `duplex`).
+pub const CONFIG_LEN: usize = 17;
+/// The most control-command bytes read (a MAC table of about 170000 addresses).
+const MAX_CTRL_BYTES: u64 = 1 << 20;
+
+/// How to build a device.
+#[derive(Debug, Clone)]
+pub struct DeviceConfig {
+    /// Queue pairs (1 ..= the backend's); `VIRTIO_NET_F_MQ` is offered above 1.
+    pub queue_pairs: u16,
+    /// The largest queue size the driver may choose (a power of two, at most 32768).
+    pub max_queue_size: u16,
+    /// The MAC address; `None` uses the backend's, if it has one (else `F_MAC` is not offered).
+    pub mac: Option<MacAddr>,
+    /// The MTU to report (`F_MTU`); `None` reports the backend's.
+    pub mtu: Option<u16>,
+    /// Link speed in Mb/s for `F_SPEED_DUPLEX`; `None` means unknown.
+    pub speed_mbps: Option<u32>,
+    /// Full duplex for `F_SPEED_DUPLEX`; `None` means unknown.
+    pub full_duplex: Option<bool>,
+    /// Offer `VIRTIO_NET_F_MRG_RXBUF`.
+    pub mergeable_rx: bool,
+    /// Offer the control queue (and the features that use it).
+    pub ctrl_queue: bool,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        DeviceConfig {
+            queue_pairs: 1,
+            max_queue_size: 256,
+            mac: None,
+            mtu: None,
+            speed_mbps: None,
+            full_duplex: None,
+            mergeable_rx: true,
+            ctrl_queue: true,
+        }
+    }
+}
+
+/// A device-level failure: what the driver or the VMM did wrong, or the backend.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// A queue index the device does not have.
+    #[error("virtio-net has no queue {index}: it has {count} queues (0..{count})")]
+    NoSuchQueue {
+        /// The index.
+        index: u16,
+        /// How many queues there are.
+        count: u16,
+    },
+    /// A queue setting changed while the driver runs (after `DRIVER_OK`).
+    #[error("cannot change {what} after DRIVER_OK: the driver must reset the device first")]
+    Running {
+        /// The setting.
+        what: &'static str,
+    },
+    /// A queue size of 0, not a power of two, or above the maximum.
+    #[error("queue {index}: size {size} refused; use a power of two from 1 to {max}")]
+    InvalidQueueSize {
+        /// The queue.
+        index: u16,
+        /// The size asked for.
+        size: u16,
+        /// The maximum.
+        max: u16,
+    },
+    /// A ring address with the wrong alignment.
+    #[error("queue {index}: {what} address {addr:#x} is misaligned")]
+    InvalidQueueAddress {
+        /// The queue.
+        index: u16,
+        /// Which ring.
+        what: &'static str,
+        /// The address.
+        addr: u64,
+    },
+    /// At `DRIVER_OK`, a queue that must work is not ready or its rings are not in guest
+    /// memory. The device is marked `NEEDS_RESET`.
+    #[error("queue {index} is not usable at DRIVER_OK (not ready, or rings outside guest memory)")]
+    QueueNotUsable {
+        /// The queue.
+        index: u16,
+    },
+    /// `DRIVER_OK` without `FEATURES_OK` from a virtio 1.0 driver.
+    #[error(
+        "DRIVER_OK was set before FEATURES_OK: a virtio 1.0 driver must set FEATURES_OK first"
+    )]
+    FeaturesNotOk,
+    /// Features acked after `FEATURES_OK`.
+    #[error("features can only be acked before FEATURES_OK")]
+    FeaturesLocked,
+    /// The acked features miss a dependency: `FEATURES_OK` is not set.
+    #[error(transparent)]
+    Features(#[from] MissingDependency),
+    /// The configuration is not usable with this backend.
+    #[error("invalid device configuration: {0}")]
+    Config(String),
+    /// The backend failed.
+    #[error(transparent)]
+    Backend(#[from] net_api::Error),
+    /// An eventfd could not be created or used.
+    #[error("eventfd: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Something to poll for the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Event {
+    /// The driver notified this queue (transport index).
+    Kick(u16),
+    /// The backend has frames for this queue pair.
+    BackendRx(u16),
+    /// The backend has room again for this queue pair.
+    BackendTx(u16),
+}
+
+/// An fd to poll, what to wait for, and what to tell [`NetDevice::handle`] when it fires.
+#[derive(Debug, Clone, Copy)]
+pub struct Watch<'a> {
+    /// The fd.
+    pub fd: BorrowedFd<'a>,
+    /// The interest.
+    pub interest: Interest,
+    /// The event.
+    pub event: Event,
+}
+
+/// Counters of the control queue.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CtrlStats {
+    /// Commands answered OK.
+    pub ok: u64,
+    /// Commands answered ERR.
+    pub err: u64,
+    /// Chains that could not carry a command or an ack (completed with length 0).
+    pub bad_chains: u64,
+}
+
+/// Counters of the device.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DeviceStats {
+    /// Per queue pair: receive pump, transmit pump, backend.
+    pub pairs: Vec<(PumpStats, PumpStats, net_api::QueueStats)>,
+    /// The control queue.
+    pub ctrl: CtrlStats,
+    /// Times the device entered `NEEDS_RESET`.
+    pub needs_reset: u64,
+}
+
+struct Pair<Q> {
+    backend: Q,
+    rx: Option<RxPump>,
+    tx: Option<TxPump>,
+    attached: bool,
+}
+
+/// The queue a transport index stands for under the acked features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Rx(u16),
+    Tx(u16),
+    Ctrl,
+}
+
+/// A virtio-net device over a backend `B`, interrupting through `I`.
+pub struct NetDevice<B: Backend, I: Interrupt> {
+    name: String,
+    caps: Capabilities,
+    cfg: DeviceConfig,
+    irq: I,
+    offered: u64,
+    acked: u64,
+    status: u8,
+    mac: Option<MacAddr>,
+    mtu: u16,
+    link_up: bool,
+    announce: bool,
+    queues: Vec<Queue>,
+    kicks: Vec<EventFd>,
+    pairs: Vec<Pair<B::Queue>>,
+    active_pairs: u16,
+    guest_rx: u64,
+    filter: RxFilter,
+    filter_in_backend: bool,
+    ctrl_segs: Vec<Seg>,
+    ctrl_stats: CtrlStats,
+    needs_reset: u64,
+    generation: u64,
+    _backend: B,
+}
+
+impl<B: Backend, I: Interrupt> std::fmt::Debug for NetDevice<B, I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetDevice")
+            .field("backend", &self.name)
+            .field("status", &self.status)
+            .field("acked", &format_args!("{:#x}", self.acked))
+            .field("active_pairs", &self.active_pairs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Backend, I: Interrupt> NetDevice<B, I> {
+    /// Opens `cfg.queue_pairs` queue pairs of `backend` (detached until the driver starts)
+    /// and builds the device.
+    pub fn new(mut backend: B, cfg: DeviceConfig, irq: I) -> Result<Self, DeviceError> {
+        let caps = backend.capabilities();
+        if cfg.queue_pairs == 0 || cfg.queue_pairs > caps.max_queue_pairs {
+            return Err(DeviceError::Config(format!(
+                "{} queue pairs asked for; {} has 1 to {}",
+                cfg.queue_pairs,
+                backend.name(),
+                caps.max_queue_pairs
+            )));
+        }
+        if cfg.queue_pairs > 0x7fff {
+            return Err(DeviceError::Config("at most 32767 queue pairs".into()));
+        }
+        let qs = cfg.max_queue_size;
+        if qs == 0 || !qs.is_power_of_two() || qs > 32768 {
+            return Err(DeviceError::Config(format!(
+                "max queue size {qs}: use a power of two from 1 to 32768"
+            )));
+        }
+        let mut pairs = Vec::with_capacity(usize::from(cfg.queue_pairs));
+        for i in 0..cfg.queue_pairs {
+            let mut q = backend.open_queue_pair(i)?;
+            q.set_attached(false)?;
+            pairs.push(Pair {
+                backend: q,
+                rx: None,
+                tx: None,
+                attached: false,
+            });
+        }
+        let nq = 2 * cfg.queue_pairs + 1;
+        let queues = (0..nq)
+            .map(|_| Queue::new(qs))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| DeviceError::Config(e.to_string()))?;
+        let kicks = (0..nq)
+            .map(|_| EventFd::new(EFD_NONBLOCK))
+            .collect::<io::Result<Vec<_>>>()?;
+        let mac = cfg.mac.or(caps.mac);
+        let mtu = cfg.mtu.unwrap_or(caps.mtu);
+        let mut dev = NetDevice {
+            name: backend.name().to_string(),
+            offered: 0,
+            acked: 0,
+            status: 0,
+            mac,
+            mtu,
+            link_up: true,
+            announce: false,
+            queues,
+            kicks,
+            pairs,
+            active_pairs: 1,
+            guest_rx: 0,
+            filter: RxFilter::default(),
+            filter_in_backend: false,
+            ctrl_segs: Vec::new(),
+            ctrl_stats: CtrlStats::default(),
+            needs_reset: 0,
+            generation: 0,
+            caps,
+            cfg,
+            irq,
+            _backend: backend,
+        };
+        dev.offered = dev.compute_features();
+        Ok(dev)
+    }
+
+    fn compute_features(&self) -> u64 {
+        let mut f = bit(vc::VIRTIO_F_VERSION_1)
+            | bit(vr::VIRTIO_RING_F_EVENT_IDX)
+            | bit(vr::VIRTIO_RING_F_INDIRECT_DESC)
+            | bit(vn::VIRTIO_NET_F_MTU)
+            | bit(vn::VIRTIO_NET_F_STATUS)
+            | bit(vn::VIRTIO_NET_F_SPEED_DUPLEX)
+            | offload_features(&self.caps);
+        if self.mac.is_some() {
+            f |= bit(vn::VIRTIO_NET_F_MAC);
+        }
+        if self.cfg.mergeable_rx {
+            f |= bit(vn::VIRTIO_NET_F_MRG_RXBUF);
+        }
+        if self.cfg.ctrl_queue {
+            f |= bit(vn::VIRTIO_NET_F_CTRL_VQ)
+                | bit(vn::VIRTIO_NET_F_CTRL_RX)
+                | bit(vn::VIRTIO_NET_F_CTRL_RX_EXTRA)
+                | bit(vn::VIRTIO_NET_F_CTRL_VLAN)
+                | bit(vn::VIRTIO_NET_F_GUEST_ANNOUNCE)
+                | bit(vn::VIRTIO_NET_F_CTRL_MAC_ADDR);
+            if self.cfg.queue_pairs > 1 {
+                f |= bit(vn::VIRTIO_NET_F_MQ);
+            }
+            if f & GUEST_OFFLOAD_BITS != 0 {
+                f |= bit(vn::VIRTIO_NET_F_CTRL_GUEST_OFFLOADS);
+            }
+        }
+        f
+    }
+
+    /// The features offered. ACCESS_PLATFORM is never offered (no IOMMU translation).
+    pub fn features(&self) -> u64 {
+        self.offered
+    }
+
+    /// The features the driver acked (masked to the offered ones).
+    pub fn acked_features(&self) -> u64 {
+        self.acked
+    }
+
+    /// Takes the driver's features; bits not offered are dropped.
+    pub fn ack_features(&mut self, features: u64) -> Result<(), DeviceError> {
+        if self.status & (S_FEATURES_OK | S_DRIVER_OK) != 0 {
+            return Err(DeviceError::FeaturesLocked);
+        }
+        self.acked = features & self.offered;
+        Ok(())
+    }
+
+    fn has(&self, feature: u32) -> bool {
+        self.acked & bit(feature) != 0
+    }
+
+    /// The device status byte.
+    pub fn status(&self) -> u8 {
+        self.status
+    }
+
+    /// Whether the device is in `NEEDS_RESET`.
+    pub fn needs_reset(&self) -> bool {
+        self.status & S_NEEDS_RESET != 0
+    }
+
+    /// How many queues the transport exposes (`2 * queue_pairs + 1`).
+    pub fn num_queues(&self) -> u16 {
+        self.queues.len() as u16
+    }
+
+    /// The queue pairs in use (1 until the driver sets more with `VIRTIO_NET_CTRL_MQ`).
+    pub fn active_queue_pairs(&self) -> u16 {
+        self.active_pairs
+    }
+
+    /// The receive filter the driver programmed.
+    pub fn rx_filter(&self) -> &RxFilter {
+        &self.filter
+    }
+
+    /// The MAC address (config space, or `CTRL_MAC_ADDR_SET`).
+    pub fn mac(&self) -> Option<MacAddr> {
+        self.mac
+    }
+
+    /// The receive offloads in force, as `GUEST_*` feature bits.
+    pub fn guest_offloads(&self) -> u64 {
+        self.guest_rx
+    }
+
+    fn role(&self, index: u16) -> Option<Role> {
+        let n = self.cfg.queue_pairs;
+        let mq = self.has(vn::VIRTIO_NET_F_MQ);
+        let ctrl = if mq { 2 * n } else { 2 };
+        if index == ctrl && self.has(vn::VIRTIO_NET_F_CTRL_VQ) {
+            Some(Role::Ctrl)
+        } else if index < 2 * n && (mq || index < 2) {
+            Some(if index % 2 == 0 {
+                Role::Rx(index / 2)
+            } else {
+                Role::Tx(index / 2)
+            })
+        } else {
+            None
+        }
+    }
+
+    fn queue_index_check(&self, index: u16, what: &'static str) -> Result<usize, DeviceError> {
+        if usize::from(index) >= self.queues.len() {
+            return Err(DeviceError::NoSuchQueue {
+                index,
+                count: self.num_queues(),
+            });
+        }
+        if self.status & S_DRIVER_OK != 0 {
+            return Err(DeviceError::Running { what });
+        }
+        Ok(usize::from(index))
+    }
+
+    /// The queue at a transport index, for save/restore or inspection.
+    pub fn queue(&self, index: u16) -> Option<&Queue> {
+        self.queues.get(usize::from(index))
+    }
+
+    /// The largest size of a queue.
+    pub fn queue_max_size(&self) -> u16 {
+        self.cfg.max_queue_size
+    }
+
+    /// Sets a queue's size: a power of two up to the maximum, before `DRIVER_OK`.
+    pub fn set_queue_size(&mut self, index: u16, size: u16) -> Result<(), DeviceError> {
+        let i = self.queue_index_check(index, "a queue size")?;
+        self.queues[i]
+            .try_set_size(size)
+            .map_err(|_| DeviceError::InvalidQueueSize {
+                index,
+                size,
+                max: self.cfg.max_queue_size,
+            })
+    }
+
+    /// Sets a queue's ring addresses, before `DRIVER_OK`.
+    pub fn set_queue_addresses(
+        &mut self,
+        index: u16,
+        desc: u64,
+        avail: u64,
+        used: u64,
+    ) -> Result<(), DeviceError> {
+        let i = self.queue_index_check(index, "queue addresses")?;
+        let q = &mut self.queues[i];
+        let bad = |what, addr| DeviceError::InvalidQueueAddress { index, what, addr };
+        q.try_set_desc_table_address(GuestAddress(desc))
+            .map_err(|_| bad("descriptor table", desc))?;
+        q.try_set_avail_ring_address(GuestAddress(avail))
+            .map_err(|_| bad("available ring", avail))?;
+        q.try_set_used_ring_address(GuestAddress(used))
+            .map_err(|_| bad("used ring", used))
+    }
+
+    /// Marks a queue ready (or not), before `DRIVER_OK`.
+    pub fn set_queue_ready(&mut self, index: u16, ready: bool) -> Result<(), DeviceError> {
+        let i = self.queue_index_check(index, "queue readiness")?;
+        self.queues[i].set_ready(ready);
+        Ok(())
+    }
+
+    /// The eventfd the driver's notifications for a queue land on (for `register_ioevent`).
+    pub fn kick_fd(&self, index: u16) -> Option<&EventFd> {
+        self.kicks.get(usize::from(index))
+    }
+
+    /// Reads the config space (`mac`, `status`, `max_virtqueue_pairs`, `mtu`, `speed`,
+    /// `duplex`, little-endian); bytes beyond it read as zero.
+    pub fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let mut cfg = [0u8; CONFIG_LEN];
+        if let Some(mac) = self.mac {
+            cfg[0..6].copy_from_slice(&mac.0);
+        }
+        let mut st = 0u16;
+        if self.link_up {
+            st |= vn::VIRTIO_NET_S_LINK_UP as u16;
+        }
+        if self.announce {
+            st |= vn::VIRTIO_NET_S_ANNOUNCE as u16;
+        }
+        cfg[6..8].copy_from_slice(&st.to_le_bytes());
+        cfg[8..10].copy_from_slice(&self.cfg.queue_pairs.to_le_bytes());
+        cfg[10..12].copy_from_slice(&self.mtu.to_le_bytes());
+        cfg[12..16].copy_from_slice(&self.cfg.speed_mbps.unwrap_or(u32::MAX).to_le_bytes());
+        cfg[16] = match self.cfg.full_duplex {
+            Some(true) => 1,
+            Some(false) => 0,
+            None => 0xff,
+        };
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = offset
+                .checked_add(i as u64)
+                .and_then(|o| cfg.get(usize::try_from(o).ok()?))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    /// Writes the config space: only a legacy driver's MAC write (no `VERSION_1`, no
+    /// `CTRL_MAC_ADDR`) has an effect; everything else is read-only and ignored.
+    pub fn write_config(&mut self, offset: u64, data: &[u8]) {
+        let legacy_mac = !self.has(vc::VIRTIO_F_VERSION_1)
+            && !self.has(vn::VIRTIO_NET_F_CTRL_MAC_ADDR)
+            && self.mac.is_some();
+        let end = offset.saturating_add(data.len() as u64);
+        if !legacy_mac || end > 6 {
+            warn!(
+                "{}: ignored write of {} config bytes at {offset}",
+                self.name,
+                data.len()
+            );
+            return;
+        }
+        if let Some(mac) = self.mac.as_mut() {
+            mac.0[offset as usize..end as usize].copy_from_slice(data);
+            self.filter.mac = Some(*mac);
+        }
+    }
+
+    /// Sets the link status (config `status`, with a config interrupt once running).
+    pub fn set_link_up(&mut self, up: bool) -> io::Result<()> {
+        if self.link_up == up {
+            return Ok(());
+        }
+        self.link_up = up;
+        self.config_changed()
+    }
+
+    /// Asks the guest to announce itself (gratuitous ARP / unsolicited NA) after a restore or
+    /// a backend switch. Returns `false` when the guest did not negotiate `GUEST_ANNOUNCE`.
+    pub fn announce(&mut self) -> io::Result<bool> {
+        if !self.has(vn::VIRTIO_NET_F_GUEST_ANNOUNCE) || self.status & S_DRIVER_OK == 0 {
+            return Ok(false);
+        }
+        self.announce = true;
+        self.config_changed()?;
+        Ok(true)
+    }
+
+    /// Whether an announce request is pending (cleared by the guest's ack).
+    pub fn announce_pending(&self) -> bool {
+        self.announce
+    }
+
+    fn config_changed(&mut self) -> io::Result<()> {
+        if self.status & S_DRIVER_OK != 0 {
+            self.irq.trigger(IrqCause::Config)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the device status. Writing 0 resets the device. `FEATURES_OK` is kept only when
+    /// the acked features are consistent (the driver reads the status back to check);
+    /// `DRIVER_OK` starts the device: the queues are checked against `mem` and the backend is
+    /// programmed with the negotiated offloads.
+    pub fn set_status<M: GuestMemory>(&mut self, status: u8, mem: &M) -> Result<(), DeviceError> {
+        if status == 0 {
+            self.reset()?;
+            return Ok(());
+        }
+        let newly = status & !self.status;
+        let mut st = status & !S_NEEDS_RESET | (self.status & S_NEEDS_RESET);
+        if newly & S_FEATURES_OK != 0 {
+            if let Err(e) = check_dependencies(self.acked) {
+                self.status = st & !S_FEATURES_OK;
+                return Err(e.into());
+            }
+        }
+        if newly & S_DRIVER_OK != 0 && status & S_FAILED == 0 {
+            if self.has(vc::VIRTIO_F_VERSION_1) && st & S_FEATURES_OK == 0 {
+                self.status = st & !S_DRIVER_OK;
+                return Err(DeviceError::FeaturesNotOk);
+            }
+            self.status = st;
+            if let Err(e) = self.activate(mem) {
+                self.enter_needs_reset();
+                return Err(e);
+            }
+            st = self.status;
+        }
+        self.status = st;
+        self.generation += 1;
+        Ok(())
+    }
+
+    fn enter_needs_reset(&mut self) {
+        if self.status & S_NEEDS_RESET == 0 {
+            self.needs_reset += 1;
+            warn!("{}: device needs reset", self.name);
+        }
+        self.status |= S_NEEDS_RESET;
+        self.generation += 1;
+        if let Err(e) = self.config_changed() {
+            warn!("{}: config interrupt failed: {e}", self.name);
+        }
+    }
+
+    fn reset(&mut self) -> Result<(), DeviceError> {
+        for q in &mut self.queues {
+            q.reset();
+        }
+        for p in &mut self.pairs {
+            p.rx = None;
+            p.tx = None;
+            if p.attached {
+                p.backend.set_attached(false)?;
+                p.attached = false;
+            }
+        }
+        self.status = 0;
+        self.acked = 0;
+        self.active_pairs = 1;
+        self.guest_rx = 0;
+        self.announce = false;
+        self.mac = self.cfg.mac.or(self.caps.mac);
+        self.filter = RxFilter::default();
+        self.filter_in_backend = false;
+        self.generation += 1;
+        Ok(())
+    }
+
+    fn usable_pairs(&self) -> u16 {
+        if self.has(vn::VIRTIO_NET_F_MQ) {
+            self.cfg.queue_pairs
+        } else {
+            1
+        }
+    }
+
+    fn pair_ready<M: GuestMemory>(&self, i: u16, mem: &M) -> bool {
+        let (rx, tx) = (usize::from(2 * i), usize::from(2 * i + 1));
+        self.queues[rx].is_valid(mem) && self.queues[tx].is_valid(mem)
+    }
+
+    fn activate<M: GuestMemory>(&mut self, mem: &M) -> Result<(), DeviceError> {
+        if !self.pair_ready(0, mem) {
+            return Err(DeviceError::QueueNotUsable { index: 0 });
+        }
+        if self.has(vn::VIRTIO_NET_F_CTRL_VQ) {
+            let c = self.ctrl_index();
+            if !self.queues[usize::from(c)].is_valid(mem) {
+                return Err(DeviceError::QueueNotUsable { index: c });
+            }
+        }
+        let event_idx = self.has(vr::VIRTIO_RING_F_EVENT_IDX);
+        for q in &mut self.queues {
+            q.set_event_idx(event_idx);
+        }
+        let layout = HdrLayout::from_features(self.acked);
+        let translator = TxTranslator::new(&self.caps);
+        for p in &mut self.pairs {
+            p.tx = Some(TxPump::new(layout, translator));
+        }
+        self.guest_rx = self.acked & GUEST_OFFLOAD_BITS;
+        self.apply_guest_offloads()?;
+        self.filter = RxFilter::default();
+        self.filter.mac = self.mac;
+        self.filter
+            .set_vlan_filtering(self.has(vn::VIRTIO_NET_F_CTRL_VLAN));
+        self.push_filter()?;
+        self.set_active_pairs(1)?;
+        info!(
+            "{}: driver ok, features {:#x}, header {} bytes, {} queue pair(s) usable",
+            self.name,
+            self.acked,
+            layout.size(),
+            self.usable_pairs()
+        );
+        Ok(())
+    }
+
+    fn ctrl_index(&self) -> u16 {
+        if self.has(vn::VIRTIO_NET_F_MQ) {
+            2 * self.cfg.queue_pairs
+        } else {
+            2
+        }
+    }
+
+    /// Programs the receive offloads in force into the backend and the receive pumps.
+    fn apply_guest_offloads(&mut self) -> Result<(), DeviceError> {
+        let wanted = guest_offloads(self.guest_rx);
+        let rx_caps = if self.caps.vnet_hdr {
+            self.caps.rx_offloads
+        } else {
+            OffloadSet::NONE
+        };
+        let enable = wanted & rx_caps;
+        let gso = !enable.difference(OffloadSet::CSUM).is_empty();
+        let max_frame = if gso {
+            self.caps.max_frame
+        } else {
+            self.caps
+                .max_frame
+                .min(usize::from(self.mtu) + net_api::ether::ETH_HLEN + net_api::ether::VLAN_HLEN)
+        };
+        let layout = HdrLayout::from_features(self.acked);
+        let mergeable = self.has(vn::VIRTIO_NET_F_MRG_RXBUF);
+        for p in &mut self.pairs {
+            if self.caps.vnet_hdr {
+                p.backend.set_rx_offloads(enable)?;
+            }
+            let translator = RxTranslator::new(wanted);
+            match p.rx.as_mut() {
+                Some(rx) => rx.reconfigure(translator, max_frame),
+                None => {
+                    p.rx = Some(RxPump::new(RxConfig {
+                        layout,
+                        mergeable,
+                        max_frame,
+                        translator,
+                    }))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn push_filter(&mut self) -> Result<(), DeviceError> {
+        let mut all = true;
+        for p in &mut self.pairs {
+            all &= p.backend.set_rx_filter(&self.filter)?;
+        }
+        self.filter_in_backend = all;
+        Ok(())
+    }
+
+    fn set_active_pairs(&mut self, n: u16) -> Result<(), DeviceError> {
+        for (i, p) in self.pairs.iter_mut().enumerate() {
+            let want = i < usize::from(n);
+            if p.attached != want {
+                p.backend.set_attached(want)?;
+                p.attached = want;
+            }
+        }
+        self.active_pairs = n;
+        self.generation += 1;
+        Ok(())
+    }
+
+    /// Changes whenever the set of [`NetDevice::watches`] may have changed.
+    pub fn watch_generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The fds to poll now.
+    pub fn watches(&self) -> Vec<Watch<'_>> {
+        let mut w: Vec<Watch<'_>> = self
+            .kicks
+            .iter()
+            .enumerate()
+            .map(|(i, k)| Watch {
+                fd: crate::irq::borrow_eventfd(k),
+                interest: Interest::Readable,
+                event: Event::Kick(i as u16),
+            })
+            .collect();
+        if self.status & S_DRIVER_OK == 0 || self.needs_reset() {
+            return w;
+        }
+        for (i, p) in self
+            .pairs
+            .iter()
+            .enumerate()
+            .take(usize::from(self.active_pairs))
+        {
+            let i = i as u16;
+            if p.rx.as_ref().is_some_and(|rx| !rx.is_waiting()) {
+                let r = p.backend.rx_readiness();
+                w.push(Watch {
+                    fd: r.fd,
+                    interest: r.interest,
+                    event: Event::BackendRx(i),
+                });
+            }
+            if p.tx.as_ref().is_some_and(|tx| tx.is_blocked()) {
+                let r = p.backend.tx_readiness();
+                w.push(Watch {
+                    fd: r.fd,
+                    interest: r.interest,
+                    event: Event::BackendTx(i),
+                });
+            }
+        }
+        w
+    }
+
+    /// Handles one event from [`NetDevice::watches`]. A guest that broke a ring puts the
+    /// device in `NEEDS_RESET` (and this returns `Ok`); `Err` is the backend's or the VMM's.
+    pub fn handle<M: GuestMemory>(&mut self, event: Event, mem: &M) -> Result<(), DeviceError> {
+        if let Event::Kick(i) = event {
+            if let Some(k) = self.kicks.get(usize::from(i)) {
+                // Drain the counter; an empty eventfd (spurious wake-up) is fine.
+                let _ = k.read();
+            }
+        }
+        if self.status & S_DRIVER_OK == 0 || self.needs_reset() {
+            return Ok(());
+        }
+        let role = match event {
+            Event::Kick(i) => self.role(i),
+            Event::BackendRx(p) => Some(Role::Rx(p)),
+            Event::BackendTx(p) => Some(Role::Tx(p)),
+        };
+        match role {
+            Some(Role::Rx(p)) if p < self.active_pairs => self.run_rx(p, mem),
+            Some(Role::Tx(p)) if p < self.active_pairs => self.run_tx(p, mem),
+            Some(Role::Ctrl) => self.run_ctrl(mem),
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs every active queue once (after restore, or from a simple poll loop).
+    pub fn process_all<M: GuestMemory>(&mut self, mem: &M) -> Result<(), DeviceError> {
+        if self.status & S_DRIVER_OK == 0 {
+            return Ok(());
+        }
+        if self.has(vn::VIRTIO_NET_F_CTRL_VQ) {
+            self.run_ctrl(mem)?;
+        }
+        for p in 0..self.active_pairs {
+            self.run_tx(p, mem)?;
+            self.run_rx(p, mem)?;
+        }
+        Ok(())
+    }
+
+    fn after_pump(
+        &mut self,
+        index: u16,
+        res: Result<PumpOutcome, PumpError>,
+        before: (bool, bool),
+        after: (bool, bool),
+    ) -> Result<(), DeviceError> {
+        if before != after {
+            self.generation += 1;
+        }
+        match res {
+            Ok(out) => {
+                if out.notify {
+                    self.irq.trigger(IrqCause::Queue(index))?;
+                }
+                if out.more {
+                    // Come back through the poll loop, after the other queues had a turn.
+                    self.kicks[usize::from(index)].write(1)?;
+                }
+                Ok(())
+            }
+            Err(PumpError::Ring(e)) => {
+                warn!("{}: queue {index}: {e}", self.name);
+                self.enter_needs_reset();
+                Ok(())
+            }
+            Err(PumpError::Backend(e)) => Err(e.into()),
+        }
+    }
+
+    fn run_tx<M: GuestMemory>(&mut self, p: u16, mem: &M) -> Result<(), DeviceError> {
+        let index = 2 * p + 1;
+        let Some(pair) = self.pairs.get_mut(usize::from(p)) else {
+            return Ok(());
+        };
+        let Some(tx) = pair.tx.as_mut() else {
+            return Ok(());
+        };
+        let before = (tx.is_blocked(), false);
+        let res = tx.process(&mut self.queues[usize::from(index)], mem, &mut pair.backend);
+        let after = (tx.is_blocked(), false);
+        self.after_pump(index, res, before, after)
+    }
+
+    fn run_rx<M: GuestMemory>(&mut self, p: u16, mem: &M) -> Result<(), DeviceError> {
+        let index = 2 * p;
+        let filter = if self.filter_in_backend || self.filter.accepts_all() {
+            None
+        } else {
+            Some(&self.filter)
+        };
+        let Some(pair) = self.pairs.get_mut(usize::from(p)) else {
+            return Ok(());
+        };
+        let Some(rx) = pair.rx.as_mut() else {
+            return Ok(());
+        };
+        let before = (rx.is_waiting(), false);
+        let res = rx.process(
+            &mut self.queues[usize::from(index)],
+            mem,
+            &mut pair.backend,
+            filter,
+        );
+        let after = (rx.is_waiting(), false);
+        self.after_pump(index, res, before, after)
+    }
+
+    fn run_ctrl<M: GuestMemory>(&mut self, mem: &M) -> Result<(), DeviceError> {
+        let index = self.ctrl_index();
+        let res = self.ctrl_pass(index, mem);
+        self.after_pump(index, res, (false, false), (false, false))
+    }
+
+    fn ctrl_pass<M: GuestMemory>(&mut self, index: u16, mem: &M) -> Result<PumpOutcome, PumpError> {
+        let qi = usize::from(index);
+        let mut out = PumpOutcome::default();
+        for _ in 0..BUDGET {
+            let Some(chain) = self.queues[qi].iter(mem)?.next() else {
+                break;
+            };
+            let head = chain.head_index();
+            let walked = guest::walk(
+                chain,
+                mem,
+                Direction::ReadThenWrite,
+                MAX_CTRL_BYTES,
+                &mut self.ctrl_segs,
+            );
+            let w = match walked {
+                Ok(w) if w.writable > 0 => w,
+                _ => {
+                    self.ctrl_stats.bad_chains += 1;
+                    if head < self.queues[qi].size() {
+                        self.queues[qi].add_used(mem, head, 0)?;
+                        out.completed += 1;
+                    }
+                    continue;
+                }
+            };
+            let segs = std::mem::take(&mut self.ctrl_segs);
+            let mut reader = SegReader {
+                mem,
+                segs: &segs[..w.readable_segs],
+                skip: 0,
+                left: w.readable,
+            };
+            let res = Command::decode(&mut reader, self.acked, self.cfg.queue_pairs)
+                .and_then(|cmd| self.apply(cmd, mem));
+            let ack = match res {
+                Ok(()) => {
+                    self.ctrl_stats.ok += 1;
+                    vn::VIRTIO_NET_OK as u8
+                }
+                Err(e) => {
+                    self.ctrl_stats.err += 1;
+                    info!("{}: control command refused: {e}", self.name);
+                    vn::VIRTIO_NET_ERR as u8
+                }
+            };
+            let written = guest::write_to(mem, segs[w.readable_segs..].iter().copied(), 0, &[ack])
+                .unwrap_or(0);
+            self.ctrl_segs = segs;
+            self.queues[qi].add_used(mem, head, written as u32)?;
+            out.completed += 1;
+        }
+        if out.completed > 0 && self.queues[qi].needs_notification(mem)? {
+            out.notify = true;
+        }
+        Ok(out)
+    }
+
+    fn apply<M: GuestMemory>(&mut self, cmd: Command, mem: &M) -> Result<(), Refused> {
+        let backend_err = |e: net_api::Error| {
+            warn!("backend refused a control command: {e}");
+            Refused::OutOfRange
+        };
+        match cmd {
+            Command::Rx(mode, on) => {
+                let f = &mut self.filter;
+                match mode {
+                    RxMode::Promiscuous => f.promiscuous = on,
+                    RxMode::AllMulticast => f.all_multicast = on,
+                    RxMode::AllUnicast => f.all_unicast = on,
+                    RxMode::NoMulticast => f.no_multicast = on,
+                    RxMode::NoUnicast => f.no_unicast = on,
+                    RxMode::NoBroadcast => f.no_broadcast = on,
+                }
+            }
+            Command::MacTable { unicast, multicast } => {
+                self.filter.set_unicast(unicast.macs, unicast.overflow);
+                self.filter
+                    .set_multicast(multicast.macs, multicast.overflow);
+            }
+            Command::MacAddr(mac) => {
+                if mac.is_multicast() {
+                    return Err(Refused::OutOfRange);
+                }
+                self.mac = Some(mac);
+                self.filter.mac = Some(mac);
+            }
+            Command::VlanAdd(vid) => {
+                self.filter.set_vlan(vid, true);
+            }
+            Command::VlanDel(vid) => {
+                self.filter.set_vlan(vid, false);
+            }
+            Command::AnnounceAck => {
+                self.announce = false;
+                return Ok(());
+            }
+            Command::QueuePairs(n) => {
+                if (0..n).any(|i| !self.pair_ready(i, mem)) {
+                    return Err(Refused::OutOfRange);
+                }
+                return self.set_active_pairs(n).map_err(|e| match e {
+                    DeviceError::Backend(e) => backend_err(e),
+                    _ => Refused::OutOfRange,
+                });
+            }
+            Command::GuestOffloads(bits) => {
+                let old = self.guest_rx;
+                self.guest_rx = bits;
+                if let Err(e) = self.apply_guest_offloads() {
+                    self.guest_rx = old;
+                    // Best effort to restore what worked before.
+                    let _ = self.apply_guest_offloads();
+                    return Err(match e {
+                        DeviceError::Backend(e) => backend_err(e),
+                        _ => Refused::OutOfRange,
+                    });
+                }
+                return Ok(());
+            }
+        }
+        self.push_filter().map_err(|e| match e {
+            DeviceError::Backend(e) => backend_err(e),
+            _ => Refused::OutOfRange,
+        })
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> DeviceStats {
+        DeviceStats {
+            pairs: self
+                .pairs
+                .iter()
+                .map(|p| {
+                    (
+                        p.rx.as_ref().map(|r| r.stats()).unwrap_or_default(),
+                        p.tx.as_ref().map(|t| t.stats()).unwrap_or_default(),
+                        p.backend.stats(),
+                    )
+                })
+                .collect(),
+            ctrl: self.ctrl_stats,
+            needs_reset: self.needs_reset,
+        }
+    }
+
+    /// The raw fd numbers of [`NetDevice::watches`], for loops that key by fd.
+    pub fn watch_fds(&self) -> Vec<(i32, Event)> {
+        self.watches()
+            .iter()
+            .map(|w| (w.fd.as_raw_fd(), w.event))
+            .collect()
+    }
+}
+
+/// Reads a control command from the readable segments of a chain.
+struct SegReader<'a, M: GuestMemory + ?Sized> {
+    mem: &'a M,
+    segs: &'a [Seg],
+    skip: u64,
+    left: u64,
+}
+
+impl<M: GuestMemory + ?Sized> CommandReader for SegReader<'_, M> {
+    fn remaining(&self) -> u64 {
+        self.left
+    }
+
+    fn read_exact(&mut self, out: &mut [u8]) -> Result<(), Refused> {
+        if out.len() as u64 > self.left {
+            return Err(Refused::BadLength);
+        }
+        let n = guest::read_from(self.mem, self.segs, self.skip as usize, out)
+            .map_err(|_| Refused::Unreadable)?;
+        if n != out.len() {
+            return Err(Refused::Unreadable);
+        }
+        self.skip += n as u64;
+        self.left -= n as u64;
+        Ok(())
+    }
+
+    fn skip(&mut self, n: u64) -> Result<(), Refused> {
+        if n > self.left {
+            return Err(Refused::BadLength);
+        }
+        self.skip += n;
+        self.left -= n;
+        Ok(())
+    }
+}

@@ -1,0 +1,283 @@
+//! Descriptor chains as bounded lists of guest memory segments, and slices of them.
+//!
+//! Everything here treats the guest as hostile: a chain is walked once, into at most
+//! [`MAX_CHAIN_DESCRIPTORS`] segments, with the direction of every descriptor checked and the
+//! byte count bounded by the caller; every address is resolved through `GuestMemory`, so a
+//! segment outside guest memory is an error and one straddling two regions becomes two slices.
+//!
+//! This is the one module with `unsafe`: turning a `VolatileSlice` of guest memory into an
+//! `IoSlice` for a backend's `writev`/`readv`. See [`io_slice`].
+
+use std::io::{IoSlice, IoSliceMut};
+use std::ops::Deref;
+
+use virtio_queue::DescriptorChain;
+use vm_memory::bitmap::{Bitmap, BitmapSlice, BS};
+use vm_memory::{Address, GuestAddress, GuestMemory, Permissions, VolatileSlice};
+
+/// The most descriptors a chain may have. Linux sends at most `MAX_SKB_FRAGS + 2` (19) on
+/// transmit and uses chains of that order on receive; this bound keeps a hostile chain (a
+/// 32768-entry ring, a 4096-entry indirect table) from costing more than a fixed amount.
+pub const MAX_CHAIN_DESCRIPTORS: usize = 1024;
+
+/// A guest-physical range from one descriptor (zero-length descriptors are skipped).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seg {
+    /// Start.
+    pub addr: GuestAddress,
+    /// Length in bytes.
+    pub len: u32,
+}
+
+/// Why a descriptor chain is unusable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    /// The chain has no usable descriptor (a head index beyond the queue, an unreadable or
+    /// empty table, only zero-length descriptors).
+    #[error("descriptor chain is empty")]
+    Empty,
+    /// The chain ended on a descriptor that still says "next": a loop cut by the queue-size
+    /// bound, a next index beyond the table, an indirect table inside an indirect table, an
+    /// unreadable descriptor, or lengths whose sum overflows 32 bits.
+    #[error("descriptor chain is broken (loop, bad next index, nested indirect table or length overflow)")]
+    Broken,
+    /// More than [`MAX_CHAIN_DESCRIPTORS`] descriptors.
+    #[error("descriptor chain has more than {MAX_CHAIN_DESCRIPTORS} descriptors")]
+    TooLong,
+    /// A device-writable descriptor where a readable one belongs, or the reverse.
+    #[error("descriptor chain has a descriptor of the wrong direction")]
+    WrongDirection,
+    /// More bytes than the caller allows.
+    #[error("descriptor chain is larger than allowed")]
+    TooLarge,
+    /// A descriptor's range is not (entirely) guest memory.
+    #[error("descriptor points outside guest memory")]
+    BadAddress,
+}
+
+/// What directions a chain may have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Device-readable only (transmit).
+    Read,
+    /// Device-writable only (receive).
+    Write,
+    /// Device-readable, then device-writable (control queue).
+    ReadThenWrite,
+}
+
+/// A walked chain: segments and byte counts per direction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Walked {
+    /// Readable bytes (the first `readable_segs` segments).
+    pub readable: u64,
+    /// Readable segments.
+    pub readable_segs: usize,
+    /// Writable bytes (the segments after the readable ones).
+    pub writable: u64,
+}
+
+/// Walks a chain into `segs` (cleared first), checking directions, the descriptor count and
+/// the byte count against `max_bytes`, and that every segment is guest memory.
+pub fn walk<M, D>(
+    chain: DescriptorChain<D>,
+    mem: &M,
+    dir: Direction,
+    max_bytes: u64,
+    segs: &mut Vec<Seg>,
+) -> Result<Walked, ChainError>
+where
+    M: GuestMemory + ?Sized,
+    D: Deref,
+    D::Target: GuestMemory,
+{
+    segs.clear();
+    let mut w = Walked::default();
+    let mut last_has_next = false;
+    let mut any = false;
+    for (n, desc) in chain.enumerate() {
+        if n >= MAX_CHAIN_DESCRIPTORS {
+            return Err(ChainError::TooLong);
+        }
+        any = true;
+        last_has_next = desc.has_next();
+        let writable = desc.is_write_only();
+        match (dir, writable) {
+            (Direction::Read, true) | (Direction::Write, false) => {
+                return Err(ChainError::WrongDirection)
+            }
+            (Direction::ReadThenWrite, false) if w.writable > 0 || segs.len() > w.readable_segs => {
+                return Err(ChainError::WrongDirection)
+            }
+            _ => {}
+        }
+        if desc.len() == 0 {
+            continue;
+        }
+        let len = u64::from(desc.len());
+        if w.readable + w.writable + len > max_bytes {
+            return Err(ChainError::TooLarge);
+        }
+        let access = if writable {
+            Permissions::Write
+        } else {
+            Permissions::Read
+        };
+        if !mem.check_range(desc.addr(), desc.len() as usize, access) {
+            return Err(ChainError::BadAddress);
+        }
+        segs.push(Seg {
+            addr: desc.addr(),
+            len: desc.len(),
+        });
+        if writable {
+            w.writable += len;
+        } else {
+            w.readable += len;
+            w.readable_segs += 1;
+        }
+    }
+    if last_has_next {
+        return Err(ChainError::Broken);
+    }
+    if !any || segs.is_empty() {
+        return Err(ChainError::Empty);
+    }
+    Ok(w)
+}
+
+/// The slice type of a guest memory.
+pub type GuestSlice<'a, M> = VolatileSlice<'a, BS<'a, <M as GuestMemory>::Bitmap>>;
+
+/// Calls `f` on the slices covering `seg` from byte `skip` on (a segment straddling two
+/// regions gives two slices). Errors if any part is not guest memory.
+pub fn for_each_slice<'a, M, F>(
+    mem: &'a M,
+    seg: Seg,
+    skip: usize,
+    access: Permissions,
+    mut f: F,
+) -> Result<(), ChainError>
+where
+    M: GuestMemory + ?Sized,
+    F: FnMut(GuestSlice<'a, M>),
+{
+    let len = seg.len as usize;
+    if skip >= len {
+        return Ok(());
+    }
+    let addr = seg
+        .addr
+        .checked_add(skip as u64)
+        .ok_or(ChainError::BadAddress)?;
+    let iter = mem
+        .get_slices(addr, len - skip, access)
+        .map_err(|_| ChainError::BadAddress)?;
+    for s in iter {
+        f(s.map_err(|_| ChainError::BadAddress)?);
+    }
+    Ok(())
+}
+
+/// Copies up to `out.len()` bytes from the segments, skipping `skip` bytes first; returns how
+/// many were copied.
+pub fn read_from<M: GuestMemory + ?Sized>(
+    mem: &M,
+    segs: &[Seg],
+    mut skip: usize,
+    out: &mut [u8],
+) -> Result<usize, ChainError> {
+    let mut done = 0;
+    for &seg in segs {
+        if done == out.len() {
+            break;
+        }
+        let len = seg.len as usize;
+        if skip >= len {
+            skip -= len;
+            continue;
+        }
+        for_each_slice(mem, seg, skip, Permissions::Read, |s| {
+            if done < out.len() {
+                done += s.copy_to(&mut out[done..]);
+            }
+        })?;
+        skip = 0;
+    }
+    Ok(done)
+}
+
+/// Copies `data` into the segments from byte `skip` on (marking the pages dirty); returns how
+/// many bytes fitted.
+pub fn write_to<M: GuestMemory + ?Sized>(
+    mem: &M,
+    segs: impl IntoIterator<Item = Seg>,
+    mut skip: usize,
+    data: &[u8],
+) -> Result<usize, ChainError> {
+    let mut done = 0;
+    for seg in segs {
+        if done == data.len() {
+            break;
+        }
+        let len = seg.len as usize;
+        if skip >= len {
+            skip -= len;
+            continue;
+        }
+        for_each_slice(mem, seg, skip, Permissions::Write, |s| {
+            if done < data.len() {
+                let n = s.len().min(data.len() - done);
+                // A subslice of a slice we hold cannot fail.
+                if let Ok(sub) = s.subslice(0, n) {
+                    sub.copy_from(&data[done..done + n]);
+                    done += n;
+                }
+            }
+        })?;
+        skip = 0;
+    }
+    Ok(done)
+}
+
+/// Marks the first `len` bytes of the slices dirty (a backend wrote them behind the bitmap's
+/// back, through an `IoSliceMut`).
+pub fn mark_dirty<B: BitmapSlice>(slices: &[VolatileSlice<'_, B>], mut len: usize) {
+    for s in slices {
+        if len == 0 {
+            break;
+        }
+        let n = s.len().min(len);
+        s.bitmap().mark_dirty(0, n);
+        len -= n;
+    }
+}
+
+/// Whether a bitmap type tracks anything (`()` does not); lets callers skip the bookkeeping.
+pub fn tracks_dirty<B: Bitmap>() -> bool {
+    std::mem::size_of::<B>() != 0
+}
+
+/// An `IoSlice` over guest memory, for a backend's `writev` or its copy.
+///
+/// The guest may write these bytes while the backend reads them: backends treat them as
+/// opaque bytes (a kernel copy, a `memcpy`), and anything the device parses is copied into a
+/// buffer of its own first. The memory stays mapped for `'a`: `vm-memory` unmaps a region only
+/// when its `GuestMemory` is dropped, which the borrow prevents (the `xen` feature, where
+/// mappings are transient, is not enabled).
+pub fn io_slice<'a, B: BitmapSlice>(s: &VolatileSlice<'a, B>) -> IoSlice<'a> {
+    let guard = s.ptr_guard();
+    // SAFETY: the pointer and length describe a mapped range of guest memory that lives for
+    // 'a (see above); a shared byte view of it is what `writev` needs. Concurrent writes by
+    // the guest can change the bytes but not the mapping.
+    IoSlice::new(unsafe { std::slice::from_raw_parts(guard.as_ptr(), s.len()) })
+}
+
+/// An `IoSliceMut` over guest memory, for a backend's `readv` or its copy. The caller marks
+/// what was written dirty ([`mark_dirty`]).
+pub fn io_slice_mut<'a, B: BitmapSlice>(s: &VolatileSlice<'a, B>) -> IoSliceMut<'a> {
+    let guard = s.ptr_guard_mut();
+    // SAFETY: as in `io_slice`. The slices handed to one `recv` come from distinct
+    // descriptors; a guest that makes two descriptors overlap only garbles its own buffer.
+    IoSliceMut::new(unsafe { std::slice::from_raw_parts_mut(guard.as_ptr(), s.len()) })
+}
