@@ -941,6 +941,7 @@ impl<B: Backend, I: Interrupt> NetDevice<B, I> {
                 chain,
                 mem,
                 Direction::ReadThenWrite,
+                usize::from(self.queues[qi].size()),
                 MAX_CTRL_BYTES,
                 &mut self.ctrl_segs,
             );

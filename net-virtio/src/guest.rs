@@ -41,8 +41,8 @@ pub enum ChainError {
     /// unreadable descriptor, or lengths whose sum overflows 32 bits.
     #[error("descriptor chain is broken (loop, bad next index, nested indirect table or length overflow)")]
     Broken,
-    /// More than [`MAX_CHAIN_DESCRIPTORS`] descriptors.
-    #[error("descriptor chain has more than {MAX_CHAIN_DESCRIPTORS} descriptors")]
+    /// More descriptors than the queue size (or [`MAX_CHAIN_DESCRIPTORS`]).
+    #[error("descriptor chain is longer than the queue")]
     TooLong,
     /// A device-writable descriptor where a readable one belongs, or the reverse.
     #[error("descriptor chain has a descriptor of the wrong direction")]
@@ -77,12 +77,15 @@ pub struct Walked {
     pub writable: u64,
 }
 
-/// Walks a chain into `segs` (cleared first), checking directions, the descriptor count and
-/// the byte count against `max_bytes`, and that every segment is guest memory.
+/// Walks a chain into `segs` (cleared first), checking directions, the descriptor count
+/// against `max_descs` (the queue size: virtio 1.2 2.7.5.2, also bounded by
+/// [`MAX_CHAIN_DESCRIPTORS`]) and the byte count against `max_bytes`, and that every segment
+/// is guest memory.
 pub fn walk<M, D>(
     chain: DescriptorChain<D>,
     mem: &M,
     dir: Direction,
+    max_descs: usize,
     max_bytes: u64,
     segs: &mut Vec<Seg>,
 ) -> Result<Walked, ChainError>
@@ -96,7 +99,7 @@ where
     let mut last_has_next = false;
     let mut any = false;
     for (n, desc) in chain.enumerate() {
-        if n >= MAX_CHAIN_DESCRIPTORS {
+        if n >= max_descs.min(MAX_CHAIN_DESCRIPTORS) {
             return Err(ChainError::TooLong);
         }
         any = true;

@@ -302,7 +302,14 @@ impl TxPump {
             *budget -= 1;
             let head = chain.head_index();
             let max = (hdr_len + MAX_FRAME_LEN) as u64;
-            let walked = match guest::walk(chain, mem, Direction::Read, max, &mut self.segs) {
+            let walked = match guest::walk(
+                chain,
+                mem,
+                Direction::Read,
+                usize::from(queue.size()),
+                max,
+                &mut self.segs,
+            ) {
                 Ok(w) => w,
                 Err(e) => {
                     self.stats.chain_error(e);
@@ -641,7 +648,14 @@ impl RxPump {
             let head = chain.head_index();
             // A buffer larger than any frame is fine; count only what can be used.
             let max = u64::from(u32::MAX);
-            match guest::walk(chain, mem, Direction::Write, max, &mut self.walk_segs) {
+            match guest::walk(
+                chain,
+                mem,
+                Direction::Write,
+                usize::from(queue.size()),
+                max,
+                &mut self.walk_segs,
+            ) {
                 Ok(w) if w.writable >= self.min_buffer() => {
                     self.held.push_back(Held {
                         head,
