@@ -939,7 +939,6 @@ impl<B: Backend, I: Interrupt> NetDevice<B, I> {
             let head = chain.head_index();
             let walked = guest::walk(
                 chain,
-                mem,
                 Direction::ReadThenWrite,
                 usize::from(self.queues[qi].size()),
                 MAX_CTRL_BYTES,

@@ -79,18 +79,16 @@ pub struct Walked {
 
 /// Walks a chain into `segs` (cleared first), checking directions, the descriptor count
 /// against `max_descs` (the queue size: virtio 1.2 2.7.5.2, also bounded by
-/// [`MAX_CHAIN_DESCRIPTORS`]) and the byte count against `max_bytes`, and that every segment
-/// is guest memory.
-pub fn walk<M, D>(
+/// [`MAX_CHAIN_DESCRIPTORS`]) and the byte count against `max_bytes`. Whether the segments are
+/// guest memory is checked when they are resolved ([`for_each_slice`], [`check`]).
+pub fn walk<D>(
     chain: DescriptorChain<D>,
-    mem: &M,
     dir: Direction,
     max_descs: usize,
     max_bytes: u64,
     segs: &mut Vec<Seg>,
 ) -> Result<Walked, ChainError>
 where
-    M: GuestMemory + ?Sized,
     D: Deref,
     D::Target: GuestMemory,
 {
@@ -121,14 +119,6 @@ where
         if w.readable + w.writable + len > max_bytes {
             return Err(ChainError::TooLarge);
         }
-        let access = if writable {
-            Permissions::Write
-        } else {
-            Permissions::Read
-        };
-        if !mem.check_range(desc.addr(), desc.len() as usize, access) {
-            return Err(ChainError::BadAddress);
-        }
         segs.push(Seg {
             addr: desc.addr(),
             len: desc.len(),
@@ -147,6 +137,20 @@ where
         return Err(ChainError::Empty);
     }
     Ok(w)
+}
+
+/// Checks that every segment is guest memory, for buffers kept before they are used.
+pub fn check<M: GuestMemory + ?Sized>(
+    mem: &M,
+    segs: &[Seg],
+    access: Permissions,
+) -> Result<(), ChainError> {
+    for &seg in segs {
+        if !mem.check_range(seg.addr, seg.len as usize, access) {
+            return Err(ChainError::BadAddress);
+        }
+    }
+    Ok(())
 }
 
 /// The slice type of a guest memory.

@@ -123,6 +123,57 @@ impl PumpStats {
     }
 }
 
+/// Copies bytes from `iovs`, skipping `skip` first; returns how many were copied.
+fn copy_out(iovs: &[IoSlice<'_>], mut skip: usize, out: &mut [u8]) -> usize {
+    let mut done = 0;
+    for s in iovs {
+        if done == out.len() {
+            break;
+        }
+        if skip >= s.len() {
+            skip -= s.len();
+            continue;
+        }
+        let n = (s.len() - skip).min(out.len() - done);
+        out[done..done + n].copy_from_slice(&s[skip..skip + n]);
+        done += n;
+        skip = 0;
+    }
+    done
+}
+
+/// Copies from guest slices into `out`; returns how many bytes were copied.
+fn copy_volatile<B: vm_memory::bitmap::BitmapSlice>(
+    slices: &[vm_memory::VolatileSlice<'_, B>],
+    out: &mut [u8],
+) -> usize {
+    let mut done = 0;
+    for s in slices {
+        if done == out.len() {
+            break;
+        }
+        done += s.copy_to(&mut out[done..]);
+    }
+    done
+}
+
+/// Drops the first `n` bytes of `iovs[start..]` (the header); returns the index where the
+/// rest begins (the slices before it are left unused).
+fn skip_bytes(iovs: &mut [IoSlice<'_>], start: usize, mut n: usize) -> usize {
+    let mut i = start;
+    while n > 0 && i < iovs.len() {
+        let len = iovs[i].len();
+        if n >= len {
+            n -= len;
+            i += 1;
+        } else {
+            iovs[i].advance(n);
+            n = 0;
+        }
+    }
+    i
+}
+
 /// Returns a chain with `len` bytes written, unless its head index cannot be in the used ring
 /// (beyond the queue: the chain was empty and nothing can be returned).
 fn complete<M: GuestMemory>(
@@ -304,7 +355,6 @@ impl TxPump {
             let max = (hdr_len + MAX_FRAME_LEN) as u64;
             let walked = match guest::walk(
                 chain,
-                mem,
                 Direction::Read,
                 usize::from(queue.size()),
                 max,
@@ -324,31 +374,11 @@ impl TxPump {
                 break;
             }
             let len = total - hdr_len;
-            // Header and head bytes: copies of our own, read once.
-            let mut hbuf = [0u8; MAX_HDR];
-            let mut head_bytes = [0u8; HEAD_LEN];
-            let got_hdr = guest::read_from(mem, &self.segs, 0, &mut hbuf[..hdr_len]);
-            let got_head = guest::read_from(mem, &self.segs, hdr_len, &mut head_bytes);
-            let (Ok(hn), Ok(head_n)) = (got_hdr, got_head) else {
-                self.stats.bad_addresses += 1;
-                special = Some(Special::Drop(head));
-                break;
-            };
-            let Ok(hdr) = self.layout.decode(&hbuf[..hn]) else {
-                self.stats.bad_headers += 1;
-                special = Some(Special::Drop(head));
-                break;
-            };
+            // Each descriptor resolved once, into iovecs over guest memory.
             let start = iovs.len();
-            let mut skip = hdr_len;
             let mut bad = false;
             for &seg in &self.segs {
-                let seg_len = seg.len as usize;
-                if skip >= seg_len {
-                    skip -= seg_len;
-                    continue;
-                }
-                if guest::for_each_slice(mem, seg, skip, Permissions::Read, |s| {
+                if guest::for_each_slice(mem, seg, 0, Permissions::Read, |s| {
                     iovs.push(guest::io_slice(&s))
                 })
                 .is_err()
@@ -356,7 +386,6 @@ impl TxPump {
                     bad = true;
                     break;
                 }
-                skip = 0;
             }
             if bad {
                 iovs.truncate(start);
@@ -364,6 +393,19 @@ impl TxPump {
                 special = Some(Special::Drop(head));
                 break;
             }
+            // The header and the head of the frame: copies of our own, read once.
+            let mut hbuf = [0u8; MAX_HDR];
+            let mut head_bytes = [0u8; HEAD_LEN];
+            let hn = copy_out(&iovs[start..], 0, &mut hbuf[..hdr_len]);
+            let head_n = copy_out(&iovs[start..], hdr_len, &mut head_bytes);
+            let Ok(hdr) = self.layout.decode(&hbuf[..hn]) else {
+                iovs.truncate(start);
+                self.stats.bad_headers += 1;
+                special = Some(Special::Drop(head));
+                break;
+            };
+            // The frame's iovecs start after the header.
+            let start = skip_bytes(&mut iovs, start, hdr_len);
             match self.translator.route(&hdr, len, &head_bytes[..head_n]) {
                 Ok(TxRoute::Direct(h)) => metas.push((head, h, start, iovs.len())),
                 Ok(TxRoute::Software) => {
@@ -547,6 +589,7 @@ pub struct RxPump {
     held_segs: VecDeque<Seg>,
     held_cap: u64,
     walk_segs: Vec<Seg>,
+    used: Vec<(u16, usize, u32)>,
     pending: Option<RxPending>,
     buf: Vec<u8>,
     out: Vec<u8>,
@@ -566,6 +609,7 @@ impl RxPump {
             held_segs: VecDeque::new(),
             held_cap: 0,
             walk_segs: Vec::new(),
+            used: Vec::new(),
             pending: None,
             buf: Vec::new(),
             out: Vec::new(),
@@ -648,14 +692,15 @@ impl RxPump {
             let head = chain.head_index();
             // A buffer larger than any frame is fine; count only what can be used.
             let max = u64::from(u32::MAX);
-            match guest::walk(
+            let walked = guest::walk(
                 chain,
-                mem,
                 Direction::Write,
                 usize::from(queue.size()),
                 max,
                 &mut self.walk_segs,
-            ) {
+            )
+            .and_then(|w| guest::check(mem, &self.walk_segs, Permissions::Write).map(|()| w));
+            match walked {
                 Ok(w) if w.writable >= self.min_buffer() => {
                     self.held.push_back(Held {
                         head,
@@ -734,12 +779,16 @@ impl RxPump {
         done: &mut u32,
     ) -> Result<Option<()>, PumpError> {
         let hdr_len = self.hdr_len();
-        let chains = if self.cfg.mergeable {
-            self.held.len()
-        } else {
-            1
-        };
-        let nsegs: usize = self.held.iter().take(chains).map(|h| h.nsegs).sum();
+        // Enough chains for the largest frame, not every chain held.
+        let mut nsegs = 0;
+        let mut cap = 0;
+        for h in &self.held {
+            nsegs += h.nsegs;
+            cap += h.cap;
+            if !self.cfg.mergeable || cap >= self.need() {
+                break;
+            }
+        }
         let mut slices = Vec::with_capacity(nsegs + 2);
         let mut skip = hdr_len;
         for &seg in self.held_segs.iter().take(nsegs) {
@@ -765,9 +814,7 @@ impl RxPump {
         }
         // What the filter and the translator read, copied: the guest can write its buffers.
         let mut head = [0u8; HEAD_LEN];
-        let segs: Vec<Seg> = self.held_segs.iter().take(nsegs).copied().collect();
-        let head_n = guest::read_from(mem, &segs, hdr_len, &mut head[..len.min(HEAD_LEN)])
-            .map_err(|_| PumpError::Ring(virtio_queue::Error::InvalidChain))?;
+        let head_n = copy_volatile(&slices, &mut head[..len.min(HEAD_LEN)]);
         if let Some(f) = filter {
             if !f.accepts(&head[..head_n]) {
                 self.stats.filtered += 1;
@@ -780,8 +827,7 @@ impl RxPump {
             }
             Ok(RxRoute::Software) => {
                 self.buf.resize(len, 0);
-                let n = guest::read_from(mem, &segs, hdr_len, &mut self.buf)
-                    .map_err(|_| PumpError::Ring(virtio_queue::Error::InvalidChain))?;
+                let n = copy_volatile(&slices, &mut self.buf);
                 match self.cfg.translator.software(&frame.hdr, &mut self.buf[..n]) {
                     Ok(soft) => {
                         self.stats.software += 1;
@@ -811,7 +857,8 @@ impl RxPump {
     ) -> Result<(), PumpError> {
         let hdr_len = self.hdr_len();
         let mut left = (hdr_len + len) as u64;
-        let mut used = Vec::with_capacity(4);
+        let mut used = std::mem::take(&mut self.used);
+        used.clear();
         for h in &self.held {
             if left == 0 || (!self.cfg.mergeable && !used.is_empty()) {
                 break;
@@ -823,16 +870,18 @@ impl RxPump {
         hdr.num_buffers = used.len() as u16;
         let mut hbuf = [0u8; MAX_HDR];
         let n = self.cfg.layout.encode(&hdr, &mut hbuf).unwrap_or(hdr_len);
-        let first_segs: Vec<Seg> = self.held_segs.iter().take(used[0].1).copied().collect();
+        let first_segs = self.held_segs.iter().take(used[0].1).copied();
         guest::write_to(mem, first_segs, 0, &hbuf[..n])
             .map_err(|_| PumpError::Ring(virtio_queue::Error::InvalidChain))?;
         for &(head, nsegs, bytes) in &used {
-            self.held.pop_front();
+            if let Some(h) = self.held.pop_front() {
+                self.held_cap -= h.cap;
+            }
             self.held_segs.drain(..nsegs);
             queue.add_used(mem, head, bytes)?;
             *done += 1;
         }
-        self.held_cap = self.held.iter().map(|h| h.cap).sum();
+        self.used = used;
         self.stats.frames += 1;
         self.stats.bytes += len as u64;
         Ok(())
@@ -892,7 +941,7 @@ impl RxPump {
         } else {
             self.held[0].nsegs
         };
-        let segs: Vec<Seg> = self.held_segs.iter().take(nsegs).copied().collect();
+        let segs = self.held_segs.iter().take(nsegs).copied();
         guest::write_to(mem, segs, hdr_len, &self.out)
             .map_err(|_| PumpError::Ring(virtio_queue::Error::InvalidChain))?;
         p.next += 1;
