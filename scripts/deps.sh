@@ -7,7 +7,7 @@ log() { printf '== %s\n' "$*" >&2; }
 
 need_cargo() {
     if ! command -v cargo >/dev/null 2>&1; then
-        log "cargo is missing: install a Rust toolchain (1.80 or newer, e.g. with rustup) and rerun."
+        log "cargo is missing: install a Rust toolchain (1.85 or newer, e.g. with rustup) and rerun."
         exit 2
     fi
 }
