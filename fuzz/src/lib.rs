@@ -1,6 +1,8 @@
 //! The fuzz harnesses, as plain functions so that the seed corpus also runs under
 //! `cargo test` (see `tests/corpus.rs`) without libFuzzer.
 
+pub mod device;
+
 use net_api::OffloadSet;
 use net_virtio::test_utils::backend_caps;
 use net_virtio::{HdrLayout, RxTranslator, SoftFrame, TxTranslator, HEAD_LEN, MAX_SEGMENT_HEADERS};
@@ -148,4 +150,71 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
         }
     }
     out
+}
+
+/// A hostile guest against the real device: arbitrary descriptor tables, ring indices and
+/// guest memory fed to `net_virtio::NetDevice` (TX pump, RX pump, control queue) over the
+/// loopback backend, through `net_virtio::mock::MockDriver`.
+///
+/// # Input
+///
+/// Missing bytes end the input (a missing header byte reads as 0).
+///
+/// - byte 0, setup: bits 0-1 queue size (4, 8, 32, 256); bit 2 two queue pairs (the device
+///   offers `MQ`); bit 3 the loopback speaks virtio-net headers, with the offloads of bits 4-5
+///   (`CSUM`, `CSUM|TSO4|TSO6`, all, none); bit 6 the loopback holds 2 frames per queue
+///   (backpressure) instead of 256; bit 7 the device does not offer `MRG_RXBUF`.
+/// - bytes 1-2 (LE), the features the driver acks, one bit per group ([`device::fsel`]):
+///   `VERSION_1`, `MRG_RXBUF`, `EVENT_IDX`, `INDIRECT_DESC`, `CSUM`, `HOST_TSO4|6`,
+///   `HOST_USO|UFO`, `HOST_ECN`, `CTRL_VQ`, `CTRL_RX|RX_EXTRA`, `CTRL_VLAN`, `MQ`,
+///   `CTRL_GUEST_OFFLOADS`, every `GUEST_*` offload, `CTRL_MAC_ADDR|GUEST_ANNOUNCE`,
+///   `STATUS|MAC|MTU`. They are masked to the offer and any feature whose dependency is
+///   missing is dropped, so the driver always gets to `DRIVER_OK`.
+/// - then up to [`device::MAX_OPS`] operations: an opcode byte (modulo [`device::OPS`]) and
+///   its arguments, see [`device::op`]: write a descriptor into a queue's table or anywhere
+///   (indirect tables), write raw bytes, write a template (a frame of 8 kinds with its header
+///   in the negotiated layout, or one of 10 control commands), publish a head, set the
+///   available index (a step forward, or any value), set `used_event`, kick a queue (any
+///   transport index, one beyond), a backend RX/TX event, the peer sends frames or drains
+///   its queues, reset (with or without restart, with fresh or stale rings), send a template
+///   as a chain of 1-5 descriptors (split header, indirect, wrong direction), queue a
+///   control command chain (split, long or read-only ack, on another queue), post receive
+///   buffers, announce or switch the link.
+///
+/// Guest memory is 8 MiB in two 4 MiB regions; the rings are at 1 MiB.. (the mock's layout).
+/// An address is a selector byte and a u16 offset: from `HEAP` (3 MiB, selectors 0-2), from
+/// 32 KiB below the region boundary (3, so buffers straddle it), from a queue's descriptor
+/// table (4, selector >> 3 picks the queue: buffers over the rings), from 32 KiB below the
+/// end (5, buffers past it), from 0 (7); selector 6 takes a raw u64 instead. A length is a
+/// mode byte: `m >> 2` (mode 0), a u16 (1), a u32 (2), or `16 * (m >> 2)` (3, tables).
+///
+/// # Checks
+///
+/// No panic, and no error from `handle` (the loopback never fails). After every device call:
+/// nothing completes while the device is stopped or in `NEEDS_RESET`, nor on a queue without
+/// a role; every TX used entry has an id below the queue size and length 0; control used
+/// entries have an id below the queue size and a length of at most 1; on TX and control
+/// queues the used index never advances by more than the entries the driver made available
+/// since the reset (nor by more than a queue and one in one call). Before each control kick
+/// a reference walk of the pending chains (virtio-queue's iteration and the device's chain
+/// rules) predicts the used entries exactly, in order (length 1 for a well-formed chain whose
+/// ack buffer is guest memory, 0 otherwise), and every ack byte written is 0 or 1; a ring
+/// whose available index runs more than a queue ahead must put the device in `NEEDS_RESET`
+/// with nothing completed. (The prediction is skipped, and the count check for that queue
+/// until the next reset, when an ack would land on the rings or on a descriptor, or a
+/// descriptor lies in the used ring: the device then reads what it wrote during the kick. RX
+/// entries are not read back: the device writes frames wherever the guest says, the used
+/// ring included.) At the end, whatever happened: reset and restart on fresh rings succeed,
+/// and a well-formed frame goes from the guest to the peer and one from the peer to the
+/// guest.
+pub fn virtio_device(data: &[u8]) {
+    device::run(data);
+}
+
+/// Seed inputs for [`virtio_device`]: frames with a split header, software GSO, control
+/// commands (MAC table, multiqueue), a descriptor loop, an available index jump and reset,
+/// indirect chains (and a nested one), receive, backpressure, buffers across the region
+/// boundary and outside memory, an ack over the used ring.
+pub fn device_seeds() -> Vec<(String, Vec<u8>)> {
+    device::seeds()
 }

@@ -945,7 +945,18 @@ impl<B: Backend, I: Interrupt> NetDevice<B, I> {
                 &mut self.ctrl_segs,
             );
             let w = match walked {
-                Ok(w) if w.writable > 0 => w,
+                // The ack byte must be writable guest memory before the command is applied.
+                Ok(w)
+                    if w.writable > 0
+                        && guest::check(
+                            mem,
+                            &self.ctrl_segs[w.readable_segs..],
+                            vm_memory::Permissions::Write,
+                        )
+                        .is_ok() =>
+                {
+                    w
+                }
                 _ => {
                     self.ctrl_stats.bad_chains += 1;
                     if head < self.queues[qi].size() {

@@ -680,7 +680,8 @@ fn received_offloads_the_guest_did_not_take_are_done_in_software() {
     use net_api::Backend as _;
     let (host, mut net) = net_api::loopback::pair(lb(true, 1)).expect("pair");
     let irq: Irq = Box::new(|_| Ok(()));
-    let mut dev = net_virtio::NetDevice::new(Greedy(host), DeviceConfig::default(), irq).expect("device");
+    let mut dev =
+        net_virtio::NetDevice::new(Greedy(host), DeviceConfig::default(), irq).expect("device");
     let mut drv = net_virtio::mock::MockDriver::new(MEM, dev.num_queues(), QSIZE);
     // No GUEST_* offload at all; big buffers (the backend does not keep to the contract, so
     // only a buffer that holds its 64 KiB frame can take it).
@@ -688,10 +689,22 @@ fn received_offloads_the_guest_did_not_take_are_done_in_software() {
     let mut peer = net.open_queue_pair(0).expect("peer");
     let spec = GuestFrame::tso4_64k();
     let (hdr, gso) = spec.build();
-    let (chdr, csum) = GuestFrame { payload_len: 300, seed: 4, ..Default::default() }.build();
+    let (chdr, csum) = GuestFrame {
+        payload_len: 300,
+        seed: 4,
+        ..Default::default()
+    }
+    .build();
     for (h, fr) in [(hdr, &gso), (chdr, &csum)] {
         let data = [std::io::IoSlice::new(fr)];
-        assert_eq!(peer.send(&[net_api::TxFrame { hdr: h, data: &data }]).expect("send"), 1);
+        assert_eq!(
+            peer.send(&[net_api::TxFrame {
+                hdr: h,
+                data: &data
+            }])
+            .expect("send"),
+            1
+        );
     }
     // Too few buffers at first: the segments wait in the device, none is lost.
     let mut got = Vec::new();
@@ -710,7 +723,10 @@ fn received_offloads_the_guest_did_not_take_are_done_in_software() {
     let mut payload = Vec::new();
     for g in &got[..46] {
         assert_eq!(g.hdr.gso_type, 0);
-        assert_eq!(g.hdr.flags, 0, "a guest without GUEST_CSUM gets complete checksums");
+        assert_eq!(
+            g.hdr.flags, 0,
+            "a guest without GUEST_CSUM gets complete checksums"
+        );
         payload.extend(verify(&g.frame).payload);
     }
     assert_eq!(payload, spec.payload());

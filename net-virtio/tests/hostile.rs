@@ -518,6 +518,19 @@ fn control_chain_without_room_for_the_ack_is_refused() {
     );
     r.drv.kick(&mut r.dev, c).expect("kick");
     assert_eq!(r.dev.stats().ctrl.bad_chains, 2);
+    // An ack buffer running past the end of guest memory: refused, and the command (promisc
+    // off) is not applied.
+    let cmd = r.drv.alloc(3);
+    r.drv.write(cmd, &[0, 0, 0]);
+    raw_chain(
+        &mut r,
+        c,
+        &[253, 254],
+        &[(cmd, 3, NEXT), (MEM - 16, 64, WRITE)],
+    );
+    r.drv.kick(&mut r.dev, c).expect("kick");
+    assert_eq!(r.dev.stats().ctrl.bad_chains, 3);
+    assert!(r.dev.rx_filter().promiscuous, "not applied");
     assert_eq!(
         r.ctrl(vn::VIRTIO_NET_CTRL_RX, vn::VIRTIO_NET_CTRL_RX_PROMISC, &[1]),
         Some(0)
