@@ -932,10 +932,23 @@ impl<B: Backend, I: Interrupt> NetDevice<B, I> {
     fn ctrl_pass<M: GuestMemory>(&mut self, index: u16, mem: &M) -> Result<PumpOutcome, PumpError> {
         let qi = usize::from(index);
         let mut out = PumpOutcome::default();
-        for _ in 0..BUDGET {
+        let mut budget = BUDGET;
+        self.queues[qi].disable_notification(mem)?;
+        loop {
+            if budget == 0 {
+                out.more = true;
+                break;
+            }
             let Some(chain) = self.queues[qi].iter(mem)?.next() else {
+                // Re-arm the driver's notifications (EVENT_IDX: avail_event), then look once
+                // more for what it added meanwhile.
+                if self.queues[qi].enable_notification(mem)? {
+                    self.queues[qi].disable_notification(mem)?;
+                    continue;
+                }
                 break;
             };
+            budget -= 1;
             let head = chain.head_index();
             let walked = guest::walk(
                 chain,

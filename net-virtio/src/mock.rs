@@ -12,7 +12,10 @@ use std::collections::HashMap;
 
 use net_api::{Backend, VirtioNetHdr};
 use virtio_bindings::virtio_config as vc;
-use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_bindings::virtio_ring::{
+    VIRTIO_RING_F_EVENT_IDX, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+    VRING_USED_F_NO_NOTIFY,
+};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::codec::HdrLayout;
@@ -60,6 +63,7 @@ pub struct MockQueue {
     pub used: GuestAddress,
     free: Vec<u16>,
     avail_idx: u16,
+    kicked_at: u16,
     last_used: u16,
     chains: HashMap<u16, (Vec<u16>, Vec<Desc>)>,
 }
@@ -80,6 +84,7 @@ impl MockQueue {
             used,
             free: (0..size).rev().collect(),
             avail_idx: 0,
+            kicked_at: 0,
             last_used: 0,
             chains: HashMap::new(),
         }
@@ -124,6 +129,22 @@ impl MockQueue {
     pub fn set_used_event(&self, mem: &GuestMemoryMmap, idx: u16) {
         let at = self.avail.unchecked_add(4 + 2 * u64::from(self.size));
         mem.write_obj(idx.to_le(), at).expect("used_event");
+    }
+
+    /// Whether the driver must notify the device now, as Linux's `virtqueue_kick_prepare`
+    /// decides: with `EVENT_IDX`, when the available index crossed the device's `avail_event`
+    /// since the last decision; without, unless the device set `VRING_USED_F_NO_NOTIFY`.
+    pub fn kick_prepare(&mut self, mem: &GuestMemoryMmap, event_idx: bool) -> bool {
+        let new = self.avail_idx;
+        let old = std::mem::replace(&mut self.kicked_at, new);
+        if event_idx {
+            let at = self.used.unchecked_add(4 + 8 * u64::from(self.size));
+            let event = u16::from_le(mem.read_obj(at).expect("avail_event"));
+            new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+        } else {
+            let flags = u16::from_le(mem.read_obj(self.used).expect("used flags"));
+            flags & VRING_USED_F_NO_NOTIFY as u16 == 0
+        }
     }
 
     /// Free descriptors.
@@ -419,8 +440,24 @@ impl MockDriver {
         out
     }
 
-    /// Runs a kick of queue `q` through the device.
+    /// Notifies queue `q` if the device asked for it (`EVENT_IDX` or the used ring's flags),
+    /// as a Linux driver does after adding buffers; returns whether it did. Tests that use
+    /// this catch a device that forgets to re-enable notifications.
     pub fn kick<B: Backend, I: Interrupt>(
+        &mut self,
+        dev: &mut NetDevice<B, I>,
+        q: u16,
+    ) -> Result<bool, DeviceError> {
+        let event_idx = self.features & crate::features::bit(VIRTIO_RING_F_EVENT_IDX) != 0;
+        if !self.queues[usize::from(q)].kick_prepare(&self.mem, event_idx) {
+            return Ok(false);
+        }
+        dev.handle(Event::Kick(q), &self.mem)?;
+        Ok(true)
+    }
+
+    /// Notifies queue `q` whether or not the device asked for it (a spurious kick).
+    pub fn force_kick<B: Backend, I: Interrupt>(
         &self,
         dev: &mut NetDevice<B, I>,
         q: u16,
@@ -456,7 +493,7 @@ impl MockDriver {
             },
         ];
         self.queues[usize::from(ctrl)].add_chain(&self.mem, &descs);
-        dev.handle(Event::Kick(ctrl), &self.mem)?;
+        self.kick(dev, ctrl)?;
         let used = self.queues[usize::from(ctrl)].take_used(&self.mem);
         Ok(used
             .last()
