@@ -54,5 +54,5 @@ pub use filter::RxFilter;
 pub use hdr::{GsoType, VirtioNetHdr};
 pub use mac::{MacAddr, ParseMacError};
 pub use offload::{Capabilities, OffloadSet};
-pub use queue::{Backend, Interest, QueuePair, Readiness, RxFrame, TxFrame};
+pub use queue::{Backend, Interest, QueuePair, Readiness, RxFrame, TxFrame, MAX_IOVECS};
 pub use stats::{DropReason, Drops, QueueStats};

@@ -24,6 +24,13 @@
 //! since it is ready whenever there is room. Both readiness values may name the same fd with
 //! different interests (TAP): register such an fd once with both.
 //!
+//! # Slices
+//! A frame has at most [`MAX_IOVECS`] slices, and `recv` gets at most as many buffers: the
+//! kernel's `UIO_MAXIOV`, so a TAP backend can hand them to one `writev`/`readv`. The slices
+//! may point into memory that someone else (a guest) writes at the same time: a backend
+//! treats them as opaque bytes to copy or to give to the kernel, and validates nothing it
+//! reads from them twice.
+//!
 //! # Errors
 //! `Err` means the queue could not work at all (the link is gone, the fd is broken); per-frame
 //! problems are drops, visible in [`QueuePair::stats`].
@@ -36,6 +43,9 @@ use crate::filter::RxFilter;
 use crate::hdr::VirtioNetHdr;
 use crate::offload::{Capabilities, OffloadSet};
 use crate::stats::QueueStats;
+
+/// The most slices one frame (or one `recv`) may have: Linux's `UIO_MAXIOV`.
+pub const MAX_IOVECS: usize = 1024;
 
 /// One frame to transmit: a header and the Ethernet frame as scatter-gather slices.
 #[derive(Debug, Clone, Copy)]

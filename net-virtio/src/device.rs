@@ -283,7 +283,7 @@ impl<B: Backend, I: Interrupt> NetDevice<B, I> {
                 attached: false,
             });
         }
-        let nq = 2 * cfg.queue_pairs + 1;
+        let nq = 2 * cfg.queue_pairs + u16::from(cfg.ctrl_queue);
         let queues = (0..nq)
             .map(|_| Queue::new(qs))
             .collect::<Result<Vec<_>, _>>()
@@ -363,7 +363,8 @@ impl<B: Backend, I: Interrupt> NetDevice<B, I> {
         self.acked
     }
 
-    /// Takes the driver's features; bits not offered are dropped.
+    /// Takes the driver's features (all 64 bits: a transport that sees them 32 bits at a
+    /// time assembles them first); bits not offered are dropped.
     pub fn ack_features(&mut self, features: u64) -> Result<(), DeviceError> {
         if self.status & (S_FEATURES_OK | S_DRIVER_OK) != 0 {
             return Err(DeviceError::FeaturesLocked);
@@ -386,7 +387,8 @@ impl<B: Backend, I: Interrupt> NetDevice<B, I> {
         self.status & S_NEEDS_RESET != 0
     }
 
-    /// How many queues the transport exposes (`2 * queue_pairs + 1`).
+    /// How many queues the transport exposes (`2 * queue_pairs`, plus 1 with the control
+    /// queue).
     pub fn num_queues(&self) -> u16 {
         self.queues.len() as u16
     }
@@ -544,6 +546,12 @@ impl<B: Backend, I: Interrupt> NetDevice<B, I> {
         if let Some(mac) = self.mac.as_mut() {
             mac.0[offset as usize..end as usize].copy_from_slice(data);
             self.filter.mac = Some(*mac);
+            if let Err(e) = self.push_filter() {
+                warn!(
+                    "{}: the backend refused the new MAC address: {e}",
+                    self.name
+                );
+            }
         }
     }
 
@@ -588,8 +596,10 @@ impl<B: Backend, I: Interrupt> NetDevice<B, I> {
             self.reset()?;
             return Ok(());
         }
+        // A driver may not clear status bits except by a reset (virtio 1.2 2.1.2): keep them,
+        // so that features and queues cannot change under a running device.
         let newly = status & !self.status;
-        let mut st = status & !S_NEEDS_RESET | (self.status & S_NEEDS_RESET);
+        let mut st = (status | self.status) & !S_NEEDS_RESET | (self.status & S_NEEDS_RESET);
         if newly & S_FEATURES_OK != 0 {
             if let Err(e) = check_dependencies(self.acked) {
                 self.status = st & !S_FEATURES_OK;
@@ -606,7 +616,13 @@ impl<B: Backend, I: Interrupt> NetDevice<B, I> {
                 self.enter_needs_reset();
                 return Err(e);
             }
-            st = self.status;
+            self.generation += 1;
+            // What the driver queued before DRIVER_OK, and the notifications it needs
+            // (EVENT_IDX), are taken care of now.
+            return self.process_all(mem);
+        } else if newly & S_DRIVER_OK != 0 {
+            // DRIVER_OK together with FAILED: the driver gave up; do not start.
+            st &= !S_DRIVER_OK;
         }
         self.status = st;
         self.generation += 1;
@@ -629,12 +645,19 @@ impl<B: Backend, I: Interrupt> NetDevice<B, I> {
         for q in &mut self.queues {
             q.reset();
         }
+        // Reset all the way even when the backend fails to detach a queue; report the first
+        // failure.
+        let mut first_err = None;
         for p in &mut self.pairs {
             p.rx = None;
             p.tx = None;
             if p.attached {
-                p.backend.set_attached(false)?;
-                p.attached = false;
+                match p.backend.set_attached(false) {
+                    Ok(()) => p.attached = false,
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
+                }
             }
         }
         self.status = 0;
@@ -646,7 +669,7 @@ impl<B: Backend, I: Interrupt> NetDevice<B, I> {
         self.filter = RxFilter::default();
         self.filter_in_backend = false;
         self.generation += 1;
-        Ok(())
+        first_err.map_or(Ok(()), |e| Err(e.into()))
     }
 
     fn usable_pairs(&self) -> u16 {
@@ -680,6 +703,7 @@ impl<B: Backend, I: Interrupt> NetDevice<B, I> {
         let translator = TxTranslator::new(&self.caps);
         for p in &mut self.pairs {
             p.tx = Some(TxPump::new(layout, translator));
+            p.rx = None;
         }
         self.guest_rx = self.acked & GUEST_OFFLOAD_BITS;
         self.apply_guest_offloads()?;
@@ -842,7 +866,7 @@ impl<B: Backend, I: Interrupt> NetDevice<B, I> {
 
     /// Runs every active queue once (after restore, or from a simple poll loop).
     pub fn process_all<M: GuestMemory>(&mut self, mem: &M) -> Result<(), DeviceError> {
-        if self.status & S_DRIVER_OK == 0 {
+        if self.status & S_DRIVER_OK == 0 || self.needs_reset() {
             return Ok(());
         }
         if self.has(vn::VIRTIO_NET_F_CTRL_VQ) {
@@ -1012,6 +1036,17 @@ impl<B: Backend, I: Interrupt> NetDevice<B, I> {
     }
 
     fn apply<M: GuestMemory>(&mut self, cmd: Command, mem: &M) -> Result<(), Refused> {
+        let (old_filter, old_mac) = (self.filter.clone(), self.mac);
+        let res = self.apply_inner(cmd, mem);
+        if res.is_err() {
+            // An ERR leaves the device as it was.
+            self.filter = old_filter;
+            self.mac = old_mac;
+        }
+        res
+    }
+
+    fn apply_inner<M: GuestMemory>(&mut self, cmd: Command, mem: &M) -> Result<(), Refused> {
         let backend_err = |e: net_api::Error| {
             warn!("backend refused a control command: {e}");
             Refused::OutOfRange
@@ -1078,6 +1113,31 @@ impl<B: Backend, I: Interrupt> NetDevice<B, I> {
             DeviceError::Backend(e) => backend_err(e),
             _ => Refused::OutOfRange,
         })
+    }
+
+    /// Returns every guest buffer the device holds (receive buffers waiting for frames, with
+    /// length 0; a transmit frame half sent when the backend was full, dropped and counted),
+    /// so that the queues' state (`queue(i).state()`) describes every buffer: call it on a
+    /// paused device before saving it for a snapshot or a migration.
+    pub fn release_buffers<M: GuestMemory>(&mut self, mem: &M) -> Result<(), DeviceError> {
+        if self.status & S_DRIVER_OK == 0 || self.needs_reset() {
+            return Ok(());
+        }
+        for p in 0..self.pairs.len() {
+            let (rx, tx) = (2 * p as u16, 2 * p as u16 + 1);
+            let pair = &mut self.pairs[p];
+            if let Some(pump) = pair.rx.as_mut() {
+                let res = pump.release(&mut self.queues[usize::from(rx)], mem);
+                self.after_pump(rx, res, (false, false), (false, false))?;
+            }
+            let pair = &mut self.pairs[p];
+            if let Some(pump) = pair.tx.as_mut() {
+                let res = pump.release(&mut self.queues[usize::from(tx)], mem);
+                self.after_pump(tx, res, (false, false), (false, false))?;
+            }
+        }
+        self.generation += 1;
+        Ok(())
     }
 
     /// The counters.

@@ -13,6 +13,7 @@ use std::ops::Deref;
 
 use virtio_queue::DescriptorChain;
 use vm_memory::bitmap::{Bitmap, BitmapSlice, BS};
+use vm_memory::volatile_memory::{PtrGuard, PtrGuardMut};
 use vm_memory::{Address, GuestAddress, GuestMemory, Permissions, VolatileSlice};
 
 /// The most descriptors a chain may have. Linux sends at most `MAX_SKB_FRAGS + 2` (19) on
@@ -96,6 +97,7 @@ where
     let mut w = Walked::default();
     let mut last_has_next = false;
     let mut any = false;
+    let mut seen_writable = false;
     for (n, desc) in chain.enumerate() {
         if n >= max_descs.min(MAX_CHAIN_DESCRIPTORS) {
             return Err(ChainError::TooLong);
@@ -107,11 +109,12 @@ where
             (Direction::Read, true) | (Direction::Write, false) => {
                 return Err(ChainError::WrongDirection)
             }
-            (Direction::ReadThenWrite, false) if w.writable > 0 || segs.len() > w.readable_segs => {
+            (Direction::ReadThenWrite, false) if seen_writable => {
                 return Err(ChainError::WrongDirection)
             }
             _ => {}
         }
+        seen_writable |= writable;
         if desc.len() == 0 {
             continue;
         }
@@ -265,26 +268,39 @@ pub fn tracks_dirty<B: Bitmap>() -> bool {
     std::mem::size_of::<B>() != 0
 }
 
-/// An `IoSlice` over guest memory, for a backend's `writev` or its copy.
+/// An `IoSlice` over guest memory, for a backend's `writev` or its copy. `guards` keeps the
+/// mapping guard (a transient mapping under `vm-memory`'s `xen` feature); it must live as
+/// long as the slice is used.
 ///
-/// The guest may write these bytes while the backend reads them: backends treat them as
-/// opaque bytes (a kernel copy, a `memcpy`), and anything the device parses is copied into a
-/// buffer of its own first. The memory stays mapped for `'a`: `vm-memory` unmaps a region only
-/// when its `GuestMemory` is dropped, which the borrow prevents (the `xen` feature, where
-/// mappings are transient, is not enabled).
-pub fn io_slice<'a, B: BitmapSlice>(s: &VolatileSlice<'a, B>) -> IoSlice<'a> {
+/// The guest may write these bytes while the backend reads them: per the `net-api` contract a
+/// backend only copies them or hands them to the kernel, and the device reads what it parses
+/// through `VolatileSlice` copies of its own, never through these slices.
+pub fn io_slice<'a, B: BitmapSlice>(
+    s: &VolatileSlice<'a, B>,
+    guards: &mut Vec<PtrGuard>,
+) -> IoSlice<'a> {
     let guard = s.ptr_guard();
-    // SAFETY: the pointer and length describe a mapped range of guest memory that lives for
-    // 'a (see above); a shared byte view of it is what `writev` needs. Concurrent writes by
-    // the guest can change the bytes but not the mapping.
-    IoSlice::new(unsafe { std::slice::from_raw_parts(guard.as_ptr(), s.len()) })
+    let ptr = guard.as_ptr();
+    guards.push(guard);
+    // SAFETY: `ptr` and `s.len()` describe mapped guest memory that stays mapped for 'a:
+    // `vm-memory` unmaps a region only when its `GuestMemory` is dropped, which the borrow 'a
+    // prevents, and a transient mapping is kept by the guard the caller holds while the slice
+    // is in use. The bytes may change under the reader (a guest vCPU), which the contract
+    // above confines to copies and system calls.
+    IoSlice::new(unsafe { std::slice::from_raw_parts(ptr, s.len()) })
 }
 
-/// An `IoSliceMut` over guest memory, for a backend's `readv` or its copy. The caller marks
-/// what was written dirty ([`mark_dirty`]).
-pub fn io_slice_mut<'a, B: BitmapSlice>(s: &VolatileSlice<'a, B>) -> IoSliceMut<'a> {
+/// An `IoSliceMut` over guest memory, for a backend's `readv` or its copy; as [`io_slice`].
+/// The caller marks what was written dirty ([`mark_dirty`]).
+pub fn io_slice_mut<'a, B: BitmapSlice>(
+    s: &VolatileSlice<'a, B>,
+    guards: &mut Vec<PtrGuardMut>,
+) -> IoSliceMut<'a> {
     let guard = s.ptr_guard_mut();
-    // SAFETY: as in `io_slice`. The slices handed to one `recv` come from distinct
-    // descriptors; a guest that makes two descriptors overlap only garbles its own buffer.
-    IoSliceMut::new(unsafe { std::slice::from_raw_parts_mut(guard.as_ptr(), s.len()) })
+    let ptr = guard.as_ptr();
+    guards.push(guard);
+    // SAFETY: as in `io_slice`. A guest can make descriptors overlap; the backend writes
+    // through these slices one at a time (a copy or `readv`), so overlap garbles only the
+    // guest's own buffer.
+    IoSliceMut::new(unsafe { std::slice::from_raw_parts_mut(ptr, s.len()) })
 }

@@ -123,10 +123,14 @@ impl PumpStats {
     }
 }
 
-/// Copies bytes from `iovs`, skipping `skip` first; returns how many were copied.
-fn copy_out(iovs: &[IoSlice<'_>], mut skip: usize, out: &mut [u8]) -> usize {
+/// Copies bytes from guest slices, skipping `skip` first; returns how many were copied.
+fn copy_volatile_from<B: vm_memory::bitmap::BitmapSlice>(
+    slices: &[vm_memory::VolatileSlice<'_, B>],
+    mut skip: usize,
+    out: &mut [u8],
+) -> usize {
     let mut done = 0;
-    for s in iovs {
+    for s in slices {
         if done == out.len() {
             break;
         }
@@ -134,9 +138,9 @@ fn copy_out(iovs: &[IoSlice<'_>], mut skip: usize, out: &mut [u8]) -> usize {
             skip -= s.len();
             continue;
         }
-        let n = (s.len() - skip).min(out.len() - done);
-        out[done..done + n].copy_from_slice(&s[skip..skip + n]);
-        done += n;
+        if let Ok(rest) = s.offset(skip) {
+            done += rest.copy_to(&mut out[done..]);
+        }
         skip = 0;
     }
     done
@@ -147,31 +151,22 @@ fn copy_volatile<B: vm_memory::bitmap::BitmapSlice>(
     slices: &[vm_memory::VolatileSlice<'_, B>],
     out: &mut [u8],
 ) -> usize {
-    let mut done = 0;
-    for s in slices {
-        if done == out.len() {
-            break;
-        }
-        done += s.copy_to(&mut out[done..]);
-    }
-    done
+    copy_volatile_from(slices, 0, out)
 }
 
-/// Drops the first `n` bytes of `iovs[start..]` (the header); returns the index where the
-/// rest begins (the slices before it are left unused).
-fn skip_bytes(iovs: &mut [IoSlice<'_>], start: usize, mut n: usize) -> usize {
+/// Where the bytes of `slices[start..]` after the first `n` begin: the slice index and the
+/// offset in it.
+fn skip_volatile<B: vm_memory::bitmap::BitmapSlice>(
+    slices: &[vm_memory::VolatileSlice<'_, B>],
+    start: usize,
+    mut n: usize,
+) -> (usize, usize) {
     let mut i = start;
-    while n > 0 && i < iovs.len() {
-        let len = iovs[i].len();
-        if n >= len {
-            n -= len;
-            i += 1;
-        } else {
-            iovs[i].advance(n);
-            n = 0;
-        }
+    while i < slices.len() && n >= slices[i].len() {
+        n -= slices[i].len();
+        i += 1;
     }
-    i
+    (i, n)
 }
 
 /// Returns a chain with `len` bytes written, unless its head index cannot be in the used ring
@@ -213,7 +208,7 @@ fn finish<M: GuestMemory>(
     Ok(out)
 }
 
-/// A frame the software path is sending, kept across would-block.
+/// A frame the software path is sending, kept across would-block and budget ends.
 #[derive(Debug)]
 struct TxPending {
     head: u16,
@@ -235,13 +230,26 @@ pub struct TxPump {
     stats: PumpStats,
 }
 
+/// Why a chain is dropped; counted when it is completed (a chain given back to the ring is
+/// popped and judged again later).
+#[derive(Debug, Clone, Copy)]
+enum Bad {
+    Chain(ChainError),
+    Header,
+}
+
+/// A chain that ends a batch: dropped, or sent from the pump's own copy.
 enum Special {
-    Drop(u16),
-    Soft {
+    Drop(u16, Bad),
+    Copy {
         head: u16,
         hdr: VirtioNetHdr,
+        /// The frame's guest slices (header excluded), in `vslices`.
         slices: (usize, usize),
         len: usize,
+        /// The header to send it with when the backend takes it as it is (the copy is only
+        /// for too many slices); `None` for the software path.
+        direct: Option<VirtioNetHdr>,
     },
 }
 
@@ -251,6 +259,9 @@ enum BatchEnd {
     Budget,
     Again,
 }
+
+/// The frames of one batch: `(head, header, iovec range)`.
+type Metas = Vec<(u16, VirtioNetHdr, usize, usize)>;
 
 impl TxPump {
     /// A pump for the header layout the guest negotiated and a backend's translator.
@@ -284,8 +295,24 @@ impl TxPump {
         self.blocked = false;
     }
 
+    /// Completes a half-sent frame's chain without sending the rest (counted as a drop), so
+    /// that the queue's state describes every buffer: call before saving the queue.
+    pub fn release<M: GuestMemory>(
+        &mut self,
+        queue: &mut Queue,
+        mem: &M,
+    ) -> Result<PumpOutcome, PumpError> {
+        let mut out = PumpOutcome::default();
+        if let Some(p) = self.pending.take() {
+            self.stats.backend_full += 1;
+            complete(queue, mem, p.head, 0, &mut out.completed)?;
+        }
+        self.blocked = false;
+        finish(queue, mem, out, &mut self.stats)
+    }
+
     /// Sends what the guest queued, until the ring is empty, the backend is full or the
-    /// budget is spent.
+    /// budget (chains and software segments) is spent.
     pub fn process<M: GuestMemory, Q: QueuePair + ?Sized>(
         &mut self,
         queue: &mut Queue,
@@ -295,36 +322,61 @@ impl TxPump {
         let mut out = PumpOutcome::default();
         let mut budget = BUDGET;
         self.blocked = false;
+        let res = self.run(queue, mem, backend, &mut out, &mut budget);
+        out.blocked = self.blocked;
+        // Interrupt for what was completed, even when the backend then failed.
+        let notified = finish(queue, mem, out, &mut self.stats);
+        res?;
+        notified
+    }
+
+    fn run<M: GuestMemory, Q: QueuePair + ?Sized>(
+        &mut self,
+        queue: &mut Queue,
+        mem: &M,
+        backend: &mut Q,
+        out: &mut PumpOutcome,
+        budget: &mut usize,
+    ) -> Result<(), PumpError> {
         loop {
-            if let Some(p) = self.pending.take() {
-                if let Some(p) = self.send_soft(p, queue, mem, backend, &mut out.completed)? {
-                    self.pending = Some(p);
-                    self.blocked = true;
-                    self.stats.backend_full += 1;
-                    break;
+            if self.pending.is_some() {
+                self.send_pending(queue, mem, backend, &mut out.completed, budget)?;
+                if self.pending.is_some() {
+                    if *budget == 0 {
+                        out.more = true;
+                    } else {
+                        self.blocked = true;
+                        self.stats.backend_full += 1;
+                    }
+                    return Ok(());
                 }
             }
             queue.disable_notification(mem)?;
-            match self.batch(queue, mem, backend, &mut out.completed, &mut budget)? {
+            match self.batch(queue, mem, backend, &mut out.completed, budget)? {
                 BatchEnd::Again => continue,
                 BatchEnd::Blocked => {
                     self.blocked = true;
                     self.stats.backend_full += 1;
-                    break;
+                    return Ok(());
                 }
                 BatchEnd::Budget => {
                     out.more = true;
-                    break;
+                    return Ok(());
                 }
                 BatchEnd::Empty => {
                     if !queue.enable_notification(mem)? {
-                        break;
+                        return Ok(());
                     }
                 }
             }
         }
-        out.blocked = self.blocked;
-        finish(queue, mem, out, &mut self.stats)
+    }
+
+    fn count_bad(&mut self, bad: Bad) {
+        match bad {
+            Bad::Chain(e) => self.stats.chain_error(e),
+            Bad::Header => self.stats.bad_headers += 1,
+        }
     }
 
     /// Pops up to a batch of chains and sends the direct ones; stops early at a chain that
@@ -338,14 +390,11 @@ impl TxPump {
         budget: &mut usize,
     ) -> Result<BatchEnd, PumpError> {
         let hdr_len = self.layout.size();
-        let mut iovs: Vec<IoSlice<'_>> = Vec::with_capacity(TX_BATCH * 2);
-        let mut metas: Vec<(u16, VirtioNetHdr, usize, usize)> = Vec::with_capacity(TX_BATCH);
+        let mut vslices = Vec::with_capacity(TX_BATCH * 2);
+        let mut metas: Metas = Vec::with_capacity(TX_BATCH);
         let mut special = None;
         let mut ran_dry = false;
-        while metas.len() < TX_BATCH && special.is_none() {
-            if *budget == 0 {
-                break;
-            }
+        while metas.len() < TX_BATCH && special.is_none() && *budget > 0 {
             let Some(chain) = pop(queue, mem)? else {
                 ran_dry = true;
                 break;
@@ -353,90 +402,103 @@ impl TxPump {
             *budget -= 1;
             let head = chain.head_index();
             let max = (hdr_len + MAX_FRAME_LEN) as u64;
-            let walked = match guest::walk(
+            let walked = guest::walk(
                 chain,
                 Direction::Read,
                 usize::from(queue.size()),
                 max,
                 &mut self.segs,
-            ) {
+            );
+            let walked = match walked {
                 Ok(w) => w,
                 Err(e) => {
-                    self.stats.chain_error(e);
-                    special = Some(Special::Drop(head));
+                    special = Some(Special::Drop(head, Bad::Chain(e)));
                     break;
                 }
             };
             let total = walked.readable as usize;
             if total < hdr_len + ETH_HLEN {
-                self.stats.bad_headers += 1;
-                special = Some(Special::Drop(head));
+                special = Some(Special::Drop(head, Bad::Header));
                 break;
             }
             let len = total - hdr_len;
-            // Each descriptor resolved once, into iovecs over guest memory.
-            let start = iovs.len();
+            // Each descriptor resolved once.
+            let start = vslices.len();
             let mut bad = false;
             for &seg in &self.segs {
-                if guest::for_each_slice(mem, seg, 0, Permissions::Read, |s| {
-                    iovs.push(guest::io_slice(&s))
-                })
-                .is_err()
+                if guest::for_each_slice(mem, seg, 0, Permissions::Read, |s| vslices.push(s))
+                    .is_err()
                 {
                     bad = true;
                     break;
                 }
             }
             if bad {
-                iovs.truncate(start);
-                self.stats.bad_addresses += 1;
-                special = Some(Special::Drop(head));
+                vslices.truncate(start);
+                special = Some(Special::Drop(head, Bad::Chain(ChainError::BadAddress)));
                 break;
             }
             // The header and the head of the frame: copies of our own, read once.
             let mut hbuf = [0u8; MAX_HDR];
             let mut head_bytes = [0u8; HEAD_LEN];
-            let hn = copy_out(&iovs[start..], 0, &mut hbuf[..hdr_len]);
-            let head_n = copy_out(&iovs[start..], hdr_len, &mut head_bytes);
+            let hn = copy_volatile_from(&vslices[start..], 0, &mut hbuf[..hdr_len]);
+            let head_n = copy_volatile_from(&vslices[start..], hdr_len, &mut head_bytes);
             let Ok(hdr) = self.layout.decode(&hbuf[..hn]) else {
-                iovs.truncate(start);
-                self.stats.bad_headers += 1;
-                special = Some(Special::Drop(head));
+                vslices.truncate(start);
+                special = Some(Special::Drop(head, Bad::Header));
                 break;
             };
-            // The frame's iovecs start after the header.
-            let start = skip_bytes(&mut iovs, start, hdr_len);
+            // The frame's slices start after the header.
+            let (first, off) = skip_volatile(&vslices, start, hdr_len);
+            if let Some(rest) = vslices.get(first).and_then(|s| s.offset(off).ok()) {
+                vslices[first] = rest;
+            }
+            let range = (first, vslices.len());
             match self.translator.route(&hdr, len, &head_bytes[..head_n]) {
-                Ok(TxRoute::Direct(h)) => metas.push((head, h, start, iovs.len())),
-                Ok(TxRoute::Software) => {
-                    special = Some(Special::Soft {
+                Ok(TxRoute::Direct(h)) if range.1 - range.0 <= net_api::MAX_IOVECS => {
+                    metas.push((head, h, range.0, range.1))
+                }
+                Ok(TxRoute::Direct(h)) => {
+                    special = Some(Special::Copy {
                         head,
                         hdr,
-                        slices: (start, iovs.len()),
+                        slices: range,
                         len,
+                        direct: Some(h),
+                    })
+                }
+                Ok(TxRoute::Software) => {
+                    special = Some(Special::Copy {
+                        head,
+                        hdr,
+                        slices: range,
+                        len,
+                        direct: None,
                     })
                 }
                 Err(_) => {
-                    iovs.truncate(start);
-                    self.stats.bad_headers += 1;
-                    special = Some(Special::Drop(head));
+                    vslices.truncate(start);
+                    special = Some(Special::Drop(head, Bad::Header));
                 }
             }
         }
 
         if !metas.is_empty() {
-            let frames: Vec<TxFrame<'_>> = metas
-                .iter()
-                .map(|&(_, hdr, a, b)| TxFrame {
-                    hdr,
-                    data: &iovs[a..b],
-                })
-                .collect();
-            let sent = backend.send(&frames)?.min(frames.len());
-            for (i, &(head, _, _, _)) in metas[..sent].iter().enumerate() {
+            let sent = match send_direct(backend, &vslices, &metas) {
+                Ok((sent, bytes)) => {
+                    self.stats.frames += sent as u64;
+                    self.stats.bytes += bytes;
+                    sent
+                }
+                Err(e) => {
+                    // Nothing of this batch is lost: every chain goes back to the ring.
+                    let back = metas.len() + usize::from(special.is_some());
+                    queue.set_next_avail(queue.next_avail().wrapping_sub(back as u16));
+                    return Err(e.into());
+                }
+            };
+            for &(head, _, _, _) in &metas[..sent] {
                 complete(queue, mem, head, 0, done)?;
-                self.stats.frames += 1;
-                self.stats.bytes += frames[i].len() as u64;
             }
             if sent < metas.len() {
                 // Give the chains the backend did not take back to the ring, in order.
@@ -449,72 +511,90 @@ impl TxPump {
             None if ran_dry => Ok(BatchEnd::Empty),
             None if *budget == 0 => Ok(BatchEnd::Budget),
             None => Ok(BatchEnd::Again),
-            Some(Special::Drop(head)) => {
+            Some(Special::Drop(head, bad)) => {
+                self.count_bad(bad);
                 complete(queue, mem, head, 0, done)?;
                 Ok(BatchEnd::Again)
             }
-            Some(Special::Soft {
+            Some(Special::Copy {
                 head,
                 hdr,
                 slices: (a, b),
                 len,
+                direct,
             }) => {
                 // The one copy of the software path, into our own buffer: everything the
                 // translator parses is ours from here on.
-                let mut at = 0;
-                for s in &iovs[a..b] {
-                    let n = s.len().min(len - at);
-                    self.buf[at..at + n].copy_from_slice(&s[..n]);
-                    at += n;
-                }
-                match self.translator.software(&hdr, &mut self.buf[..len]) {
+                let n = copy_volatile_from(&vslices[a..b], 0, &mut self.buf[..len]);
+                let soft = match direct {
+                    Some(h) => Ok(SoftFrame::Whole(h)),
+                    None => self.translator.software(&hdr, &mut self.buf[..n]),
+                };
+                match soft {
                     Ok(soft) => {
-                        self.stats.software += 1;
+                        if direct.is_none() {
+                            self.stats.software += 1;
+                        }
+                        // Sent, and completed, by the caller's loop.
                         self.pending = Some(TxPending {
                             head,
                             soft,
-                            len,
+                            len: n,
                             next: 0,
                         });
-                        // Sent, and completed, by the caller's loop.
-                        Ok(BatchEnd::Again)
                     }
                     Err(_) => {
                         self.stats.bad_headers += 1;
                         complete(queue, mem, head, 0, done)?;
-                        Ok(BatchEnd::Again)
                     }
                 }
+                Ok(BatchEnd::Again)
             }
         }
     }
 
-    /// Sends what is left of a software frame; gives it back when the backend is full.
-    fn send_soft<M: GuestMemory, Q: QueuePair + ?Sized>(
+    /// Sends what is left of the pending frame, a segment per unit of budget; keeps it when
+    /// the backend is full or the budget ends, completes its chain when it is all out.
+    fn send_pending<M: GuestMemory, Q: QueuePair + ?Sized>(
         &mut self,
-        mut p: TxPending,
         queue: &mut Queue,
         mem: &M,
         backend: &mut Q,
         done: &mut u32,
-    ) -> Result<Option<TxPending>, PumpError> {
+        budget: &mut usize,
+    ) -> Result<(), PumpError> {
+        let Some(mut p) = self.pending.take() else {
+            return Ok(());
+        };
         let frame = &self.buf[..p.len];
-        match &p.soft {
+        let finished = match &p.soft {
             SoftFrame::Whole(hdr) => {
                 let data = [IoSlice::new(frame)];
-                if backend.send(&[TxFrame {
+                let res = backend.send(&[TxFrame {
                     hdr: *hdr,
                     data: &data,
-                }])? == 0
-                {
-                    return Ok(Some(p));
+                }]);
+                match res {
+                    Ok(0) => false,
+                    Ok(_) => {
+                        self.stats.frames += 1;
+                        self.stats.bytes += p.len as u64;
+                        true
+                    }
+                    Err(e) => {
+                        self.pending = Some(p);
+                        return Err(e.into());
+                    }
                 }
-                self.stats.frames += 1;
-                self.stats.bytes += p.len as u64;
             }
             SoftFrame::Segments(seg) => {
+                let mut finished = true;
                 while p.next < seg.count() {
-                    let n = (seg.count() - p.next).min(SEG_BATCH);
+                    let n = (seg.count() - p.next).min(SEG_BATCH).min(*budget);
+                    if n == 0 {
+                        finished = false;
+                        break;
+                    }
                     let mut plan = [(VirtioNetHdr::PLAIN, 0usize, 0usize, 0usize); SEG_BATCH];
                     for (i, (h, slot)) in plan[..n]
                         .iter_mut()
@@ -536,19 +616,58 @@ impl TxPump {
                         .zip(data.iter())
                         .map(|(&(hdr, _, _, _), d)| TxFrame { hdr, data: d })
                         .collect();
-                    let sent = backend.send(&frames)?.min(n);
+                    let sent = match backend.send(&frames) {
+                        Ok(sent) => sent.min(n),
+                        Err(e) => {
+                            drop(frames);
+                            self.pending = Some(p);
+                            return Err(e.into());
+                        }
+                    };
                     self.stats.frames += sent as u64;
                     self.stats.bytes += frames[..sent].iter().map(|f| f.len() as u64).sum::<u64>();
                     p.next += sent;
+                    *budget = budget.saturating_sub(sent);
                     if sent < n {
-                        return Ok(Some(p));
+                        finished = false;
+                        break;
                     }
                 }
+                finished
             }
+        };
+        if finished {
+            complete(queue, mem, p.head, 0, done)?;
+        } else {
+            self.pending = Some(p);
         }
-        complete(queue, mem, p.head, 0, done)?;
-        Ok(None)
+        Ok(())
     }
+}
+
+/// Hands a batch of direct frames to the backend as iovecs over guest memory; returns how many
+/// it took and their bytes. The iovecs and their mapping guards end here, before the caller
+/// touches the used ring.
+fn send_direct<B: vm_memory::bitmap::BitmapSlice, Q: QueuePair + ?Sized>(
+    backend: &mut Q,
+    vslices: &[vm_memory::VolatileSlice<'_, B>],
+    metas: &Metas,
+) -> Result<(usize, u64), net_api::Error> {
+    let mut guards = Vec::with_capacity(vslices.len());
+    let iovs: Vec<IoSlice<'_>> = vslices
+        .iter()
+        .map(|s| guest::io_slice(s, &mut guards))
+        .collect();
+    let frames: Vec<TxFrame<'_>> = metas
+        .iter()
+        .map(|&(_, hdr, a, b)| TxFrame {
+            hdr,
+            data: &iovs[a..b],
+        })
+        .collect();
+    let sent = backend.send(&frames)?.min(frames.len());
+    let bytes = frames[..sent].iter().map(|f| f.len() as u64).sum();
+    Ok((sent, bytes))
 }
 
 /// A guest receive buffer the pump holds: its segments are the next `nsegs` of the pump's
@@ -560,12 +679,22 @@ struct Held {
     cap: u64,
 }
 
-/// A received frame the guest could not take as it was, being delivered from our buffer.
+/// A received frame waiting in the pump's buffer for guest buffers: a whole frame, or the
+/// segments of one the guest cannot take as it is.
 #[derive(Debug)]
 struct RxPending {
     soft: SoftFrame,
     len: usize,
     next: usize,
+}
+
+impl RxPending {
+    fn count(&self) -> usize {
+        match &self.soft {
+            SoftFrame::Whole(_) => 1,
+            SoftFrame::Segments(seg) => seg.count(),
+        }
+    }
 }
 
 /// How the receive pump is set up, from the acked features and the backend.
@@ -581,6 +710,9 @@ pub struct RxConfig {
     pub translator: RxTranslator,
 }
 
+/// The largest frame the receive path handles (a 64 KiB GSO frame and a VLAN tag).
+const MAX_RX_FRAME: usize = MAX_FRAME_LEN + 4;
+
 /// The receive pump of one queue.
 #[derive(Debug)]
 pub struct RxPump {
@@ -591,10 +723,28 @@ pub struct RxPump {
     walk_segs: Vec<Seg>,
     used: Vec<(u16, usize, u32)>,
     pending: Option<RxPending>,
+    /// The frame of `pending`.
     buf: Vec<u8>,
+    /// The next piece of `pending`, ready to copy into guest buffers, and its header.
     out: Vec<u8>,
+    out_hdr: Option<VirtioNetHdr>,
     waiting: bool,
     stats: PumpStats,
+}
+
+/// What the guest's buffers allow next.
+enum Next {
+    /// Deliver the pending piece.
+    Piece,
+    /// The pending piece can never fit the guest's buffers: drop it.
+    DropPiece,
+    /// Receive straight into the held buffers.
+    Direct,
+    /// Receive into the pump's buffer: the held buffers may be too small, and the frame waits
+    /// there until the guest adds more.
+    Bounce,
+    /// Wait for the guest.
+    Wait,
 }
 
 impl RxPump {
@@ -602,7 +752,7 @@ impl RxPump {
     pub fn new(cfg: RxConfig) -> RxPump {
         RxPump {
             cfg: RxConfig {
-                max_frame: cfg.max_frame.min(MAX_FRAME_LEN + 4),
+                max_frame: cfg.max_frame.min(MAX_RX_FRAME),
                 ..cfg
             },
             held: VecDeque::new(),
@@ -613,6 +763,7 @@ impl RxPump {
             pending: None,
             buf: Vec::new(),
             out: Vec::new(),
+            out_hdr: None,
             waiting: false,
             stats: PumpStats::default(),
         }
@@ -621,7 +772,7 @@ impl RxPump {
     /// Changes the receive offloads (`CTRL_GUEST_OFFLOADS`) and with them the largest frame.
     pub fn reconfigure(&mut self, translator: RxTranslator, max_frame: usize) {
         self.cfg.translator = translator;
-        self.cfg.max_frame = max_frame.min(MAX_FRAME_LEN + 4);
+        self.cfg.max_frame = max_frame.min(MAX_RX_FRAME);
     }
 
     /// The counters.
@@ -646,14 +797,36 @@ impl RxPump {
         self.held_segs.clear();
         self.held_cap = 0;
         self.pending = None;
+        self.out_hdr = None;
         self.waiting = false;
+    }
+
+    /// Gives every held buffer back to the guest with length 0 and drops a frame waiting in
+    /// the pump (counted), so that the queue's state (`next_avail`, `next_used`) describes
+    /// every buffer: call before saving the queue for a snapshot or a migration.
+    pub fn release<M: GuestMemory>(
+        &mut self,
+        queue: &mut Queue,
+        mem: &M,
+    ) -> Result<PumpOutcome, PumpError> {
+        let mut out = PumpOutcome::default();
+        if self.pending.take().is_some() {
+            self.stats.too_large += 1;
+        }
+        self.out_hdr = None;
+        while let Some(h) = self.held.pop_front() {
+            complete(queue, mem, h.head, 0, &mut out.completed)?;
+        }
+        self.held_segs.clear();
+        self.held_cap = 0;
+        finish(queue, mem, out, &mut self.stats)
     }
 
     fn hdr_len(&self) -> usize {
         self.cfg.layout.size()
     }
 
-    /// Bytes the held buffers need before asking the backend for a frame.
+    /// Bytes (header included) the largest frame needs.
     fn need(&self) -> u64 {
         (self.hdr_len() + self.cfg.max_frame) as u64
     }
@@ -666,27 +839,45 @@ impl RxPump {
         }
     }
 
-    fn enough(&self, queue: &Queue) -> bool {
+    /// Room the next delivery has: every held buffer with `MRG_RXBUF`, the first without.
+    fn room(&self) -> u64 {
         if self.cfg.mergeable {
-            // All the guest's buffers held and still short: use what there is.
-            self.held_cap >= self.need()
-                || (!self.held.is_empty() && self.held.len() >= usize::from(queue.size()))
+            self.held_cap
         } else {
-            !self.held.is_empty()
+            self.held.front().map_or(0, |h| h.cap)
         }
     }
 
-    /// Takes guest buffers until there are enough; bad ones are completed with length 0.
+    /// Bytes (header included) the next delivery needs.
+    fn target(&self) -> u64 {
+        match self.out_hdr {
+            Some(_) => (self.hdr_len() + self.out.len()) as u64,
+            None => self.need(),
+        }
+    }
+
+    /// Takes guest buffers until the next delivery fits, the ring is empty or every entry of
+    /// the ring is held; bad ones are completed with length 0. Returns whether the ring ran
+    /// dry.
     fn refill<M: GuestMemory>(
         &mut self,
         queue: &mut Queue,
         mem: &M,
         done: &mut u32,
         budget: &mut usize,
-    ) -> Result<(), PumpError> {
-        while !self.enough(queue) && *budget > 0 {
+    ) -> Result<bool, PumpError> {
+        let target = self.target();
+        loop {
+            let short = if self.cfg.mergeable {
+                self.held_cap < target
+            } else {
+                self.held.is_empty()
+            };
+            if !short || self.held.len() >= usize::from(queue.size()) || *budget == 0 {
+                return Ok(false);
+            }
             let Some(chain) = pop(queue, mem)? else {
-                break;
+                return Ok(true);
             };
             *budget -= 1;
             let head = chain.head_index();
@@ -720,7 +911,48 @@ impl RxPump {
                 }
             }
         }
-        Ok(())
+    }
+
+    /// Segments of the held chains a frame of the largest size would use.
+    fn direct_segs(&self) -> usize {
+        let mut nsegs = 0;
+        let mut cap = 0;
+        for h in &self.held {
+            nsegs += h.nsegs;
+            cap += h.cap;
+            if !self.cfg.mergeable || cap >= self.need() {
+                break;
+            }
+        }
+        nsegs
+    }
+
+    fn next_step(&mut self, queue: &Queue, dry: bool) -> Next {
+        let have = !self.held.is_empty();
+        let all_held = self.held.len() >= usize::from(queue.size());
+        if self.pending.is_some() {
+            self.prepare_piece();
+            if have && self.room() >= self.target() {
+                Next::Piece
+            } else if have && (!self.cfg.mergeable || all_held) {
+                // No buffer the guest can add would make room.
+                Next::DropPiece
+            } else {
+                Next::Wait
+            }
+        } else if !have {
+            Next::Wait
+        } else if !self.cfg.mergeable || self.room() >= self.need() {
+            if self.direct_segs() + 1 > net_api::MAX_IOVECS {
+                Next::Bounce
+            } else {
+                Next::Direct
+            }
+        } else if dry || all_held {
+            Next::Bounce
+        } else {
+            Next::Wait
+        }
     }
 
     /// Moves frames from the backend into guest buffers until the backend is empty, the
@@ -736,32 +968,49 @@ impl RxPump {
         let mut out = PumpOutcome::default();
         let mut budget = BUDGET;
         loop {
-            self.refill(queue, mem, &mut out.completed, &mut budget)?;
             if budget == 0 {
                 out.more = true;
                 break;
             }
-            if self.pending.is_some() {
-                if self.deliver_pending(queue, mem, &mut out.completed)? {
-                    budget -= 1;
-                    continue;
+            let dry = self.refill(queue, mem, &mut out.completed, &mut budget)?;
+            let progressed = match self.next_step(queue, dry) {
+                Next::Piece => {
+                    self.deliver_piece(queue, mem, &mut out.completed)?;
+                    true
                 }
-            } else if self.enough(queue) {
-                self.waiting = false;
-                match self.receive(queue, mem, backend, filter, &mut out.completed)? {
-                    Some(()) => {
-                        budget -= 1;
-                        continue;
+                Next::DropPiece => {
+                    self.stats.too_large += 1;
+                    self.advance_piece();
+                    true
+                }
+                Next::Direct => {
+                    if self
+                        .receive_direct(queue, mem, backend, filter, &mut out.completed)?
+                        .is_none()
+                    {
+                        break;
                     }
-                    None => break,
+                    true
                 }
+                Next::Bounce => {
+                    if self.receive_bounce(backend, filter)?.is_none() {
+                        break;
+                    }
+                    true
+                }
+                Next::Wait => false,
+            };
+            if progressed {
+                self.waiting = false;
+                budget = budget.saturating_sub(1);
+                continue;
             }
             // Short of buffers: let the guest kick us when it adds some.
             if !self.waiting {
                 self.waiting = true;
                 self.stats.no_buffers += 1;
             }
-            if !queue.enable_notification(mem)? {
+            if !queue.enable_notification(mem)? || self.held.len() >= usize::from(queue.size()) {
                 break;
             }
         }
@@ -769,8 +1018,52 @@ impl RxPump {
         finish(queue, mem, out, &mut self.stats)
     }
 
-    /// One frame from the backend into the held buffers; `None` when the backend is empty.
-    fn receive<M: GuestMemory, Q: QueuePair + ?Sized>(
+    /// Whether a frame passes the filter and the translator: delivers it or makes it pending.
+    /// `head` is a copy of its first bytes.
+    fn accept(
+        &mut self,
+        filter: Option<&RxFilter>,
+        hdr: &VirtioNetHdr,
+        len: usize,
+        head: &[u8],
+    ) -> Option<RxRoute> {
+        if let Some(f) = filter {
+            if !f.accepts(head) {
+                self.stats.filtered += 1;
+                return None;
+            }
+        }
+        match self.cfg.translator.route(hdr, len, head) {
+            Ok(route) => Some(route),
+            Err(_) => {
+                self.stats.rx_errors += 1;
+                None
+            }
+        }
+    }
+
+    /// Makes the frame in `buf[..len]` pending, through the software path if need be.
+    fn make_pending(&mut self, route: RxRoute, hdr: &VirtioNetHdr, len: usize) {
+        let soft = match route {
+            RxRoute::Deliver(h) => SoftFrame::Whole(h),
+            RxRoute::Software => match self.cfg.translator.software(hdr, &mut self.buf[..len]) {
+                Ok(soft) => {
+                    self.stats.software += 1;
+                    soft
+                }
+                Err(_) => {
+                    self.stats.rx_errors += 1;
+                    return;
+                }
+            },
+        };
+        self.pending = Some(RxPending { soft, len, next: 0 });
+        self.out_hdr = None;
+    }
+
+    /// One frame from the backend straight into the held buffers; `None` when the backend is
+    /// empty.
+    fn receive_direct<M: GuestMemory, Q: QueuePair + ?Sized>(
         &mut self,
         queue: &mut Queue,
         mem: &M,
@@ -779,16 +1072,7 @@ impl RxPump {
         done: &mut u32,
     ) -> Result<Option<()>, PumpError> {
         let hdr_len = self.hdr_len();
-        // Enough chains for the largest frame, not every chain held.
-        let mut nsegs = 0;
-        let mut cap = 0;
-        for h in &self.held {
-            nsegs += h.nsegs;
-            cap += h.cap;
-            if !self.cfg.mergeable || cap >= self.need() {
-                break;
-            }
-        }
+        let nsegs = self.direct_segs();
         let mut slices = Vec::with_capacity(nsegs + 2);
         let mut skip = hdr_len;
         for &seg in self.held_segs.iter().take(nsegs) {
@@ -803,11 +1087,17 @@ impl RxPump {
                 .map_err(|_| PumpError::Ring(virtio_queue::Error::InvalidChain))?;
             skip = 0;
         }
-        let mut iovs: Vec<IoSliceMut<'_>> = slices.iter().map(guest::io_slice_mut).collect();
-        let Some(frame) = backend.recv(&mut iovs)? else {
+        let mut guards = Vec::with_capacity(slices.len());
+        let mut iovs: Vec<IoSliceMut<'_>> = slices
+            .iter()
+            .map(|s| guest::io_slice_mut(s, &mut guards))
+            .collect();
+        let received = backend.recv(&mut iovs);
+        drop(iovs);
+        drop(guards);
+        let Some(frame) = received? else {
             return Ok(None);
         };
-        drop(iovs);
         let len = frame.len.min(slices.iter().map(|s| s.len()).sum());
         if guest::tracks_dirty::<<M as GuestMemory>::Bitmap>() {
             guest::mark_dirty(&slices, len);
@@ -815,34 +1105,98 @@ impl RxPump {
         // What the filter and the translator read, copied: the guest can write its buffers.
         let mut head = [0u8; HEAD_LEN];
         let head_n = copy_volatile(&slices, &mut head[..len.min(HEAD_LEN)]);
-        if let Some(f) = filter {
-            if !f.accepts(&head[..head_n]) {
-                self.stats.filtered += 1;
-                return Ok(Some(()));
-            }
-        }
-        match self.cfg.translator.route(&frame.hdr, len, &head[..head_n]) {
-            Ok(RxRoute::Deliver(hdr)) => {
-                self.complete_frame(queue, mem, hdr, len, done)?;
-            }
-            Ok(RxRoute::Software) => {
+        match self.accept(filter, &frame.hdr, len, &head[..head_n]) {
+            Some(RxRoute::Deliver(hdr)) => self.complete_frame(queue, mem, hdr, len, done)?,
+            Some(RxRoute::Software) => {
                 self.buf.resize(len, 0);
                 let n = copy_volatile(&slices, &mut self.buf);
-                match self.cfg.translator.software(&frame.hdr, &mut self.buf[..n]) {
-                    Ok(soft) => {
-                        self.stats.software += 1;
-                        self.pending = Some(RxPending {
-                            soft,
-                            len: n,
-                            next: 0,
-                        });
-                    }
-                    Err(_) => self.stats.rx_errors += 1,
-                }
+                self.make_pending(RxRoute::Software, &frame.hdr, n);
             }
-            Err(_) => self.stats.rx_errors += 1,
+            None => {}
         }
         Ok(Some(()))
+    }
+
+    /// One frame from the backend into the pump's buffer, where it waits for guest buffers;
+    /// `None` when the backend is empty.
+    fn receive_bounce<Q: QueuePair + ?Sized>(
+        &mut self,
+        backend: &mut Q,
+        filter: Option<&RxFilter>,
+    ) -> Result<Option<()>, PumpError> {
+        self.buf.resize(MAX_RX_FRAME, 0);
+        let Some(frame) = backend.recv(&mut [IoSliceMut::new(&mut self.buf)])? else {
+            return Ok(None);
+        };
+        let len = frame.len.min(MAX_RX_FRAME);
+        let head_n = len.min(HEAD_LEN);
+        let mut head = [0u8; HEAD_LEN];
+        head[..head_n].copy_from_slice(&self.buf[..head_n]);
+        if let Some(route) = self.accept(filter, &frame.hdr, len, &head[..head_n]) {
+            self.make_pending(route, &frame.hdr, len);
+        }
+        Ok(Some(()))
+    }
+
+    /// Puts the next piece of the pending frame in `out` (once).
+    fn prepare_piece(&mut self) {
+        if self.out_hdr.is_some() {
+            return;
+        }
+        let Some(p) = self.pending.as_ref() else {
+            return;
+        };
+        let frame = &self.buf[..p.len];
+        let hdr = match &p.soft {
+            SoftFrame::Whole(h) => {
+                self.out.clear();
+                self.out.extend_from_slice(frame);
+                *h
+            }
+            SoftFrame::Segments(seg) => {
+                let mut headers = [0u8; MAX_SEGMENT_HEADERS];
+                let s = seg.segment(p.next, frame, &mut headers);
+                self.out.clear();
+                self.out.extend_from_slice(&headers[..s.header_len]);
+                self.out.extend_from_slice(&frame[s.payload.clone()]);
+                self.cfg.translator.segment_hdr(seg)
+            }
+        };
+        self.out_hdr = Some(hdr);
+    }
+
+    /// Moves past the current piece of the pending frame.
+    fn advance_piece(&mut self) {
+        self.out_hdr = None;
+        if let Some(p) = self.pending.as_mut() {
+            p.next += 1;
+            if p.next >= p.count() {
+                self.pending = None;
+            }
+        }
+    }
+
+    /// Copies the prepared piece into the held buffers and returns them to the guest.
+    fn deliver_piece<M: GuestMemory>(
+        &mut self,
+        queue: &mut Queue,
+        mem: &M,
+        done: &mut u32,
+    ) -> Result<(), PumpError> {
+        let Some(hdr) = self.out_hdr else {
+            return Ok(());
+        };
+        let nsegs: usize = if self.cfg.mergeable {
+            self.held_segs.len()
+        } else {
+            self.held.front().map_or(0, |h| h.nsegs)
+        };
+        let segs = self.held_segs.iter().take(nsegs).copied();
+        guest::write_to(mem, segs, self.hdr_len(), &self.out)
+            .map_err(|_| PumpError::Ring(virtio_queue::Error::InvalidChain))?;
+        let len = self.out.len();
+        self.advance_piece();
+        self.complete_frame(queue, mem, hdr, len, done)
     }
 
     /// The frame of `len` bytes is in the held buffers after the header room: write the
@@ -867,10 +1221,14 @@ impl RxPump {
             used.push((h.head, h.nsegs, n as u32));
             left -= n;
         }
+        let Some(&(_, first_nsegs, _)) = used.first() else {
+            self.used = used;
+            return Ok(());
+        };
         hdr.num_buffers = used.len() as u16;
         let mut hbuf = [0u8; MAX_HDR];
         let n = self.cfg.layout.encode(&hdr, &mut hbuf).unwrap_or(hdr_len);
-        let first_segs = self.held_segs.iter().take(used[0].1).copied();
+        let first_segs = self.held_segs.iter().take(first_nsegs).copied();
         guest::write_to(mem, first_segs, 0, &hbuf[..n])
             .map_err(|_| PumpError::Ring(virtio_queue::Error::InvalidChain))?;
         for &(head, nsegs, bytes) in &used {
@@ -885,71 +1243,5 @@ impl RxPump {
         self.stats.frames += 1;
         self.stats.bytes += len as u64;
         Ok(())
-    }
-
-    /// Delivers the next piece of a software-path frame; `false` when buffers are short.
-    fn deliver_pending<M: GuestMemory>(
-        &mut self,
-        queue: &mut Queue,
-        mem: &M,
-        done: &mut u32,
-    ) -> Result<bool, PumpError> {
-        let hdr_len = self.hdr_len();
-        let Some(p) = self.pending.as_mut() else {
-            return Ok(true);
-        };
-        let frame = &self.buf[..p.len];
-        let hdr = match &p.soft {
-            SoftFrame::Whole(h) => {
-                self.out.clear();
-                self.out.extend_from_slice(frame);
-                *h
-            }
-            SoftFrame::Segments(seg) => {
-                let mut headers = [0u8; MAX_SEGMENT_HEADERS];
-                let s = seg.segment(p.next, frame, &mut headers);
-                self.out.clear();
-                self.out.extend_from_slice(&headers[..s.header_len]);
-                self.out.extend_from_slice(&frame[s.payload.clone()]);
-                self.cfg.translator.segment_hdr(seg)
-            }
-        };
-        let count = match &p.soft {
-            SoftFrame::Whole(_) => 1,
-            SoftFrame::Segments(seg) => seg.count(),
-        };
-        let room = if self.cfg.mergeable {
-            self.held_cap
-        } else {
-            self.held.front().map_or(0, |h| h.cap)
-        };
-        let need = (hdr_len + self.out.len()) as u64;
-        if room < need {
-            if !self.cfg.mergeable && !self.held.is_empty() {
-                // This piece will never fit the guest's buffers: drop it, keep going.
-                self.stats.short_buffers += 1;
-                p.next += 1;
-                if p.next >= count {
-                    self.pending = None;
-                }
-                return Ok(true);
-            }
-            return Ok(false);
-        }
-        let nsegs: usize = if self.cfg.mergeable {
-            self.held_segs.len()
-        } else {
-            self.held[0].nsegs
-        };
-        let segs = self.held_segs.iter().take(nsegs).copied();
-        guest::write_to(mem, segs, hdr_len, &self.out)
-            .map_err(|_| PumpError::Ring(virtio_queue::Error::InvalidChain))?;
-        p.next += 1;
-        if p.next >= count {
-            self.pending = None;
-        }
-        let len = self.out.len();
-        self.complete_frame(queue, mem, hdr, len, done)?;
-        Ok(true)
     }
 }

@@ -6,7 +6,7 @@ mod common;
 
 use common::harness::*;
 use net_api::loopback::LoopbackConfig;
-use net_api::{MacAddr, VirtioNetHdr};
+use net_api::{Backend as _, MacAddr, QueuePair as _, VirtioNetHdr};
 use net_virtio::mock::{Desc, MockDriver};
 use net_virtio::{DeviceConfig, DeviceError, NetDevice, PumpStats, MAX_FRAME_LEN};
 use virtio_bindings::virtio_config as vc;
@@ -549,4 +549,143 @@ fn mac_address_set_refuses_a_multicast_address() {
         ),
         Some(1)
     );
+}
+
+#[test]
+fn a_frame_larger_than_every_buffer_the_ring_can_hold_is_dropped_not_spun_on() {
+    let (host, mut net) = net_api::loopback::pair(LoopbackConfig {
+        vnet_hdr: true,
+        offloads: net_api::OffloadSet::ALL,
+        ..Default::default()
+    })
+    .expect("pair");
+    let irq: Irq = Box::new(|_| Ok(()));
+    let mut dev = NetDevice::new(host, DeviceConfig::default(), irq).expect("device");
+    // An 8-entry ring of 100-byte buffers, with guest GSO (frames up to 64 KiB).
+    let mut drv = MockDriver::new(MEM, dev.num_queues(), 8);
+    drv.start(&mut dev, everything()).expect("start");
+    let mut peer = net.open_queue_pair(0).expect("peer");
+    for _ in 0..8 {
+        drv.post_rx(RX, &[100]).expect("buffer");
+    }
+    drv.force_kick(&mut dev, RX).expect("kick");
+    let (hdr, big) = net_virtio::test_utils::GuestFrame::tso4_64k().build();
+    let small = frame(60, 9);
+    for (h, f) in [(hdr, &big), (VirtioNetHdr::PLAIN, &small)] {
+        let data = [std::io::IoSlice::new(f)];
+        peer.send(&[net_api::TxFrame {
+            hdr: h,
+            data: &data,
+        }])
+        .expect("send");
+    }
+    // The hostile part: the same head published again and again.
+    let mem = drv.mem.clone();
+    let head = 0;
+    for _ in 0..20 {
+        drv.queues[0].publish(&mem, head);
+        dev.handle(net_virtio::Event::BackendRx(0), &drv.mem)
+            .expect("rx");
+        dev.handle(net_virtio::Event::Kick(0), &drv.mem)
+            .expect("kick");
+    }
+    let rx = dev.stats().pairs[0].0;
+    assert_eq!(
+        rx.too_large, 1,
+        "the 64 KiB frame could never fit: dropped once"
+    );
+    assert!(rx.frames >= 1, "the small frame got through");
+}
+
+/// A backend whose `send` fails on demand.
+struct Flaky(
+    net_api::loopback::Loopback,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+);
+struct FlakyQueue(
+    net_api::loopback::LoopbackQueue,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+);
+
+impl net_api::Backend for Flaky {
+    type Queue = FlakyQueue;
+    fn name(&self) -> &str {
+        "flaky"
+    }
+    fn capabilities(&self) -> net_api::Capabilities {
+        self.0.capabilities()
+    }
+    fn open_queue_pair(&mut self, index: u16) -> net_api::Result<FlakyQueue> {
+        Ok(FlakyQueue(self.0.open_queue_pair(index)?, self.1.clone()))
+    }
+}
+
+impl net_api::QueuePair for FlakyQueue {
+    fn index(&self) -> u16 {
+        self.0.index()
+    }
+    fn send(&mut self, frames: &[net_api::TxFrame<'_>]) -> net_api::Result<usize> {
+        if self.1.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(net_api::Error::Disconnected {
+                target: "flaky".into(),
+                why: "test".into(),
+            });
+        }
+        self.0.send(frames)
+    }
+    fn recv(
+        &mut self,
+        bufs: &mut [std::io::IoSliceMut<'_>],
+    ) -> net_api::Result<Option<net_api::RxFrame>> {
+        self.0.recv(bufs)
+    }
+    fn set_rx_offloads(&mut self, o: net_api::OffloadSet) -> net_api::Result<()> {
+        self.0.set_rx_offloads(o)
+    }
+    fn set_attached(&mut self, a: bool) -> net_api::Result<()> {
+        self.0.set_attached(a)
+    }
+    fn rx_readiness(&self) -> net_api::Readiness<'_> {
+        self.0.rx_readiness()
+    }
+    fn tx_readiness(&self) -> net_api::Readiness<'_> {
+        self.0.tx_readiness()
+    }
+    fn stats(&self) -> net_api::QueueStats {
+        self.0.stats()
+    }
+}
+
+#[test]
+fn a_failing_backend_loses_no_guest_chain() {
+    let fail = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (host, mut net) = net_api::loopback::pair(LoopbackConfig::default()).expect("pair");
+    let irq: Irq = Box::new(|_| Ok(()));
+    let mut dev =
+        NetDevice::new(Flaky(host, fail.clone()), DeviceConfig::default(), irq).expect("device");
+    let mut drv = MockDriver::new(MEM, dev.num_queues(), QSIZE);
+    drv.start(&mut dev, v1()).expect("start");
+    let mut peer = net.open_queue_pair(0).expect("peer");
+    let frames: Vec<Vec<u8>> = (0..3).map(|i| frame(100, i)).collect();
+    for f in &frames {
+        drv.send(TX, &VirtioNetHdr::PLAIN, f, &[]).expect("chain");
+    }
+    fail.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        drv.force_kick(&mut dev, TX).is_err(),
+        "the backend error reaches the VMM"
+    );
+    assert!(drv.queues[1].take_used(&drv.mem).is_empty());
+    fail.store(false, std::sync::atomic::Ordering::Relaxed);
+    drv.force_kick(&mut dev, TX).expect("kick");
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 2048];
+    while let Some(g) = peer
+        .recv(&mut [std::io::IoSliceMut::new(&mut buf)])
+        .expect("recv")
+    {
+        got.push(buf[..g.len].to_vec());
+    }
+    assert_eq!(got, frames, "each frame once, in order");
+    assert_eq!(drv.queues[1].take_used(&drv.mem).len(), 3);
 }
