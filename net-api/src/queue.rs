@@ -44,8 +44,9 @@ use crate::hdr::VirtioNetHdr;
 use crate::offload::{Capabilities, OffloadSet};
 use crate::stats::QueueStats;
 
-/// The most slices one frame (or one `recv`) may have: Linux's `UIO_MAXIOV`.
-pub const MAX_IOVECS: usize = 1024;
+/// The most slices one frame (or one `recv`) may have: Linux's `UIO_MAXIOV` (1024) less one
+/// for a backend's own header slice.
+pub const MAX_IOVECS: usize = 1023;
 
 /// One frame to transmit: a header and the Ethernet frame as scatter-gather slices.
 #[derive(Debug, Clone, Copy)]

@@ -1,12 +1,18 @@
 //! # net-macvtap: TAP and macvtap backends, link plumbing and networkd files
 //!
-//! This crate will own (issue "net-macvtap"):
-//! - the TAP backend (`/dev/net/tun` with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR |
+//! - [`tap`]: the TAP backend (`/dev/net/tun` with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR |
 //!   IFF_MULTI_QUEUE`) and the macvtap backend (`/dev/tapN`), one fd per queue pair,
-//!   implementing [`net_api::QueuePair`] with `readv`/`writev` straight from the caller's slices;
-//! - host plumbing over netlink: macvtap in vepa/bridge/private/passthru, tap, veth, bridge,
-//!   moving links between namespaces;
-//! - the zone: a bridge with an address and nftables masquerade toward an uplink;
-//! - the networkd renderer for `.netdev`, `.network` and `.link` files.
+//!   implementing [`net_api::QueuePair`] with `readv`/`writev` straight from the caller's
+//!   slices; both also take fds opened by a privileged helper.
+//! - [`netlink`]: synchronous rtnetlink plumbing: create, read, change, move and delete
+//!   links (macvtap in every mode, veth, bridge), addresses and default routes, with errors
+//!   that name the operation and the link.
+//! - [`zone`]: a zone: a bridge with an IPv4 subnet, nftables masquerade out of an uplink and
+//!   IPv4 forwarding; VMs attach by macvtap, containers by veth.
 //!
-//! It builds without any C library. Nothing is implemented yet.
+//! It builds without any C library.
+
+pub mod netlink;
+pub mod tap;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testns;

@@ -1,0 +1,814 @@
+//! The TAP and macvtap backends: one character-device fd per queue pair.
+//!
+//! A TAP device comes from `/dev/net/tun` (`IFF_TAP | IFF_NO_PI | IFF_VNET_HDR |
+//! IFF_MULTI_QUEUE`, opened once per queue); a macvtap's queues from its `/dev/tap<ifindex>`,
+//! opened once per queue. Both speak the virtio-net header (12 bytes, little endian:
+//! `TUNSETVNETHDRSZ`, `TUNSETVNETLE`), so the kernel does the offloads: a GSO frame from the
+//! guest is segmented by the host stack (or the NIC) and received GSO frames come up whole,
+//! once the guest's offloads are programmed with `TUNSETOFFLOAD`
+//! ([`QueuePair::set_rx_offloads`]).
+//!
+//! `send` is one `writev` per frame (the header, then the caller's slices as they are: guest
+//! memory goes to the kernel without a copy of ours); `recv` one `readv`. Both are
+//! nonblocking: `EAGAIN` is would-block, and readiness is the queue's fd (readable for
+//! receive, writable for transmit). Queues are detached and attached with `TUNSETQUEUE`.
+//!
+//! A VMM that runs without `CAP_NET_ADMIN` gets the fds from a privileged helper (over a unix
+//! socket with `SCM_RIGHTS`) and builds the backend with [`Tap::from_fds`] or
+//! [`Macvtap::from_fds`]; nothing else here needs a privilege.
+//!
+//! Batching: the kernel has no vectored multi-frame call for these devices (no `sendmmsg` on
+//! a character device), so a batch is a loop of `writev`s until `EAGAIN`. `io_uring` could
+//! submit a batch in one system call; it has not been measured yet, so it is not used.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use net_api::ether::ETH_HLEN;
+use net_api::{
+    Backend, Capabilities, DropReason, Error, GsoType, Interest, MacAddr, OffloadSet, QueuePair,
+    QueueStats, Readiness, Result, RxFrame, TxFrame, VirtioNetHdr, MAX_IOVECS,
+};
+use nix::errno::Errno;
+use nix::libc;
+use nix::sys::uio::{readv, writev};
+
+/// The virtio-net header the kernel reads and writes: the 12-byte layout (with
+/// `num_buffers`), little endian.
+pub const VNET_HDR_LEN: usize = 12;
+
+/// The largest frame: a 64 KiB GSO frame with its Ethernet header and a VLAN tag.
+const MAX_FRAME: usize = 65535 + ETH_HLEN + 4;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct IfReq {
+    name: [u8; libc::IFNAMSIZ],
+    data: [u8; 24],
+}
+
+impl IfReq {
+    fn new(name: &str) -> io::Result<IfReq> {
+        let b = name.as_bytes();
+        if b.is_empty() || b.len() >= libc::IFNAMSIZ || b.contains(&0) || b.contains(&b'/') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("'{name}' is not an interface name: use 1 to 15 bytes, no '/'"),
+            ));
+        }
+        let mut r = IfReq {
+            name: [0; libc::IFNAMSIZ],
+            data: [0; 24],
+        };
+        r.name[..b.len()].copy_from_slice(b);
+        Ok(r)
+    }
+
+    fn with_flags(name: &str, flags: libc::c_int) -> io::Result<IfReq> {
+        let mut r = IfReq::new(name)?;
+        r.data[..2].copy_from_slice(&(flags as libc::c_short).to_ne_bytes());
+        Ok(r)
+    }
+
+    fn flags(&self) -> libc::c_int {
+        libc::c_int::from(libc::c_short::from_ne_bytes([self.data[0], self.data[1]]))
+    }
+
+    fn name(&self) -> String {
+        let end = self
+            .name
+            .iter()
+            .position(|&c| c == 0)
+            .unwrap_or(self.name.len());
+        String::from_utf8_lossy(&self.name[..end]).into_owned()
+    }
+}
+
+mod ioctl {
+    use super::IfReq;
+    use nix::libc::{c_int, c_uint};
+    use std::mem::size_of;
+
+    nix::ioctl_write_ptr_bad!(
+        tunsetiff,
+        nix::request_code_write!(b'T', 202, size_of::<c_int>()),
+        IfReq
+    );
+    nix::ioctl_write_int_bad!(
+        tunsetpersist,
+        nix::request_code_write!(b'T', 203, size_of::<c_int>())
+    );
+    nix::ioctl_write_int_bad!(
+        tunsetowner,
+        nix::request_code_write!(b'T', 204, size_of::<c_int>())
+    );
+    nix::ioctl_write_int_bad!(
+        tunsetoffload,
+        nix::request_code_write!(b'T', 208, size_of::<c_uint>())
+    );
+    nix::ioctl_read_bad!(
+        tungetiff,
+        nix::request_code_read!(b'T', 210, size_of::<c_uint>()),
+        IfReq
+    );
+    nix::ioctl_write_ptr_bad!(
+        tunsetvnethdrsz,
+        nix::request_code_write!(b'T', 216, size_of::<c_int>()),
+        c_int
+    );
+    nix::ioctl_write_ptr_bad!(
+        tunsetqueue,
+        nix::request_code_write!(b'T', 217, size_of::<c_int>()),
+        IfReq
+    );
+    nix::ioctl_write_ptr_bad!(
+        tunsetvnetle,
+        nix::request_code_write!(b'T', 220, size_of::<c_int>()),
+        c_int
+    );
+    nix::ioctl_read_bad!(siocgifmtu, nix::libc::SIOCGIFMTU, IfReq);
+    nix::ioctl_read_bad!(siocgifhwaddr, nix::libc::SIOCGIFHWADDR, IfReq);
+}
+
+fn io_err(op: &'static str, target: &str, e: impl Into<io::Error>) -> Error {
+    Error::Io {
+        op,
+        target: target.to_string(),
+        source: e.into(),
+    }
+}
+
+/// The kernel's `TUN_F_*` flags for a set of offloads.
+fn tun_flags(off: OffloadSet) -> libc::c_uint {
+    let map = [
+        (OffloadSet::CSUM, libc::TUN_F_CSUM),
+        (OffloadSet::TSO4, libc::TUN_F_TSO4),
+        (OffloadSet::TSO6, libc::TUN_F_TSO6),
+        (OffloadSet::TSO_ECN, libc::TUN_F_TSO_ECN),
+        (OffloadSet::UFO, libc::TUN_F_UFO),
+        (OffloadSet::USO4, libc::TUN_F_USO4),
+        (OffloadSet::USO6, libc::TUN_F_USO6),
+    ];
+    map.iter()
+        .filter(|(o, _)| off.contains(*o))
+        .fold(0, |f, (_, t)| f | t)
+}
+
+/// Sets up a queue fd: header size and endianness, nonblocking.
+fn prepare_fd(fd: &OwnedFd, target: &str) -> Result<()> {
+    let sz: libc::c_int = VNET_HDR_LEN as libc::c_int;
+    // SAFETY: TUNSETVNETHDRSZ reads one c_int through the pointer, which is valid for the call.
+    unsafe { ioctl::tunsetvnethdrsz(fd.as_raw_fd(), &sz) }
+        .map_err(|e| io_err("TUNSETVNETHDRSZ", target, e))?;
+    let le: libc::c_int = 1;
+    // SAFETY: as above. Little-endian headers whatever the host (virtio 1.0 layout); a kernel
+    // without cross-endian support refuses it only on big-endian hosts, where it matters.
+    if let Err(e) = unsafe { ioctl::tunsetvnetle(fd.as_raw_fd(), &le) } {
+        if cfg!(target_endian = "big") {
+            return Err(io_err("TUNSETVNETLE", target, e));
+        }
+    }
+    let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL)
+        .map_err(|e| io_err("fcntl F_GETFL", target, e))?;
+    let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(flags))
+        .map_err(|e| io_err("fcntl F_SETFL O_NONBLOCK", target, e))?;
+    Ok(())
+}
+
+/// The receive offloads the kernel accepts for this device (`TUNSETOFFLOAD` probed, then
+/// reset to none until the guest negotiates some).
+fn probe_rx_offloads(fd: &OwnedFd, target: &str) -> Result<OffloadSet> {
+    let candidates = [
+        OffloadSet::ALL,
+        OffloadSet::ALL.difference(OffloadSet::USO4 | OffloadSet::USO6),
+        OffloadSet::CSUM | OffloadSet::TSO4 | OffloadSet::TSO6 | OffloadSet::TSO_ECN,
+        OffloadSet::CSUM,
+    ];
+    let mut found = OffloadSet::NONE;
+    for c in candidates {
+        // SAFETY: TUNSETOFFLOAD takes its argument by value.
+        if unsafe { ioctl::tunsetoffload(fd.as_raw_fd(), tun_flags(c) as libc::c_int) }.is_ok() {
+            found = c;
+            break;
+        }
+    }
+    // SAFETY: as above.
+    unsafe { ioctl::tunsetoffload(fd.as_raw_fd(), 0) }
+        .map_err(|e| io_err("TUNSETOFFLOAD", target, e))?;
+    Ok(found)
+}
+
+/// The MTU and MAC address of a link in the calling thread's network namespace.
+fn link_mtu_mac(name: &str) -> Result<(u16, MacAddr)> {
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| io_err("socket for SIOCGIFMTU", name, e))?;
+    let mut req = IfReq::new(name).map_err(|e| io_err("SIOCGIFMTU", name, e))?;
+    // SAFETY: SIOCGIFMTU fills the ifreq the pointer refers to, which lives for the call.
+    unsafe { ioctl::siocgifmtu(sock.as_raw_fd(), &mut req) }
+        .map_err(|e| io_err("SIOCGIFMTU", name, e))?;
+    let mtu = i32::from_ne_bytes([req.data[0], req.data[1], req.data[2], req.data[3]]);
+    let mut req = IfReq::new(name).map_err(|e| io_err("SIOCGIFHWADDR", name, e))?;
+    // SAFETY: as above, SIOCGIFHWADDR fills a sockaddr inside the ifreq.
+    unsafe { ioctl::siocgifhwaddr(sock.as_raw_fd(), &mut req) }
+        .map_err(|e| io_err("SIOCGIFHWADDR", name, e))?;
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&req.data[2..8]);
+    Ok((u16::try_from(mtu).unwrap_or(u16::MAX), MacAddr(mac)))
+}
+
+/// Opens `/dev/net/tun` and attaches it to TAP `name` (creating it on the first open).
+fn open_tun(name: &str, flags: libc::c_int) -> Result<(OwnedFd, String)> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open("/dev/net/tun")
+        .map_err(|e| {
+            io_err(
+                "open /dev/net/tun",
+                name,
+                io::Error::new(
+                    e.kind(),
+                    format!("{e} (load the tun module, or have a privileged helper pass the fds)"),
+                ),
+            )
+        })?;
+    let fd: OwnedFd = file.into();
+    let req = IfReq::with_flags(name, flags).map_err(|e| io_err("TUNSETIFF", name, e))?;
+    // SAFETY: TUNSETIFF reads (and updates) the ifreq the pointer refers to, valid for the
+    // call.
+    unsafe { ioctl::tunsetiff(fd.as_raw_fd(), &req) }.map_err(|e| {
+        let hint = match e {
+            Errno::EPERM => " (needs CAP_NET_ADMIN, or a persistent tap owned by this user)",
+            Errno::EBUSY => " (the device exists without multi-queue, or is in use)",
+            Errno::EINVAL => " (the name belongs to a device that is not a TAP)",
+            _ => "",
+        };
+        io_err(
+            "TUNSETIFF",
+            name,
+            io::Error::new(io::Error::from(e).kind(), format!("{e}{hint}")),
+        )
+    })?;
+    Ok((fd, req.name()))
+}
+
+/// Creates a persistent TAP device owned by `uid` (usable by that user without privileges),
+/// with multi-queue and virtio-net headers. It stays until [`delete_persistent_tap`].
+pub fn create_persistent_tap(name: &str, uid: u32) -> Result<()> {
+    let flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR | libc::IFF_MULTI_QUEUE;
+    let (fd, _) = open_tun(name, flags)?;
+    // SAFETY: TUNSETOWNER and TUNSETPERSIST take their argument by value.
+    unsafe { ioctl::tunsetowner(fd.as_raw_fd(), uid as libc::c_int) }
+        .map_err(|e| io_err("TUNSETOWNER", name, e))?;
+    // SAFETY: as above.
+    unsafe { ioctl::tunsetpersist(fd.as_raw_fd(), 1) }
+        .map_err(|e| io_err("TUNSETPERSIST", name, e))?;
+    Ok(())
+}
+
+/// Deletes a persistent TAP device.
+pub fn delete_persistent_tap(name: &str) -> Result<()> {
+    let flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR | libc::IFF_MULTI_QUEUE;
+    let (fd, _) = open_tun(name, flags)?;
+    // SAFETY: TUNSETPERSIST takes its argument by value.
+    unsafe { ioctl::tunsetpersist(fd.as_raw_fd(), 0) }
+        .map_err(|e| io_err("TUNSETPERSIST", name, e))?;
+    Ok(())
+}
+
+/// What kind of character device the fds are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Tap,
+    Macvtap,
+}
+
+/// Queue fds of one device, and what it can do.
+#[derive(Debug)]
+struct Device {
+    name: String,
+    kind: Kind,
+    fds: Vec<OwnedFd>,
+    open: Vec<Arc<AtomicBool>>,
+    caps: Capabilities,
+}
+
+impl Device {
+    fn new(name: String, kind: Kind, fds: Vec<OwnedFd>, mac: Option<MacAddr>) -> Result<Device> {
+        let Some(first) = fds.first() else {
+            return Err(Error::InvalidConfig {
+                what: "queue count",
+                why: format!("{name}: 0 queues: ask for at least 1"),
+            });
+        };
+        let target = format!("{} {name}", kind_name(kind));
+        let rx = probe_rx_offloads(first, &target)?;
+        let (mtu, link_mac) = link_mtu_mac(&name)?;
+        let caps = Capabilities {
+            vnet_hdr: true,
+            // Anything virtio_net_hdr_to_skb takes: the host stack segments in software what
+            // the device below cannot.
+            tx_offloads: OffloadSet::ALL,
+            rx_offloads: rx,
+            rx_csum_verified: true,
+            max_frame: MAX_FRAME,
+            max_queue_pairs: fds.len() as u16,
+            mac: mac.or(match kind {
+                // A macvtap's own address is the guest's; a TAP's is the host side's.
+                Kind::Macvtap => Some(link_mac),
+                Kind::Tap => None,
+            }),
+            mtu,
+        };
+        let open = (0..fds.len())
+            .map(|_| Arc::new(AtomicBool::new(false)))
+            .collect();
+        Ok(Device {
+            name,
+            kind,
+            fds,
+            open,
+            caps,
+        })
+    }
+
+    fn open_queue_pair(&mut self, index: u16) -> Result<TapQueue> {
+        let i = usize::from(index);
+        let Some(fd) = self.fds.get(i) else {
+            return Err(Error::NoSuchQueue {
+                backend: self.backend_name(),
+                index,
+                max: self.fds.len() as u16,
+            });
+        };
+        // The queue pair gets its own fd; ours keeps the queue in the kernel when it is
+        // dropped (closing the last fd of a TAP queue would destroy it).
+        let fd = fd
+            .try_clone()
+            .map_err(|e| io_err("dup", &self.backend_name(), e))?;
+        if self.open[i].swap(true, Ordering::AcqRel) {
+            return Err(Error::QueueInUse {
+                backend: self.backend_name(),
+                index,
+            });
+        }
+        Ok(TapQueue {
+            open: Arc::clone(&self.open[i]),
+            index,
+            target: format!("{} queue {index}", self.backend_name()),
+            fd,
+            stats: QueueStats::default(),
+            hdr: [0; VNET_HDR_LEN],
+        })
+    }
+
+    fn try_clone_fds(&self) -> Result<Vec<OwnedFd>> {
+        self.fds
+            .iter()
+            .map(|f| {
+                f.try_clone()
+                    .map_err(|e| io_err("dup", &self.backend_name(), e))
+            })
+            .collect()
+    }
+
+    fn backend_name(&self) -> String {
+        format!("{}:{}", kind_name(self.kind), self.name)
+    }
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Tap => "tap",
+        Kind::Macvtap => "macvtap",
+    }
+}
+
+/// A TAP device as a backend.
+#[derive(Debug)]
+pub struct Tap {
+    dev: Device,
+    label: String,
+}
+
+impl Tap {
+    /// Creates (or attaches to) TAP `name` in the calling thread's network namespace with
+    /// `queues` queues (needs `CAP_NET_ADMIN`, or a persistent tap owned by the user). The
+    /// link is left down: bring it up with netlink or `ip link set NAME up`.
+    pub fn create(name: &str, queues: u16) -> Result<Tap> {
+        if queues == 0 {
+            return Err(Error::InvalidConfig {
+                what: "queue count",
+                why: format!("tap {name}: 0 queues: ask for at least 1"),
+            });
+        }
+        let flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR | libc::IFF_MULTI_QUEUE;
+        let mut fds = Vec::with_capacity(usize::from(queues));
+        let mut real = name.to_string();
+        for _ in 0..queues {
+            let (fd, n) = open_tun(name, flags)?;
+            prepare_fd(&fd, &format!("tap {name}"))?;
+            real = n;
+            fds.push(fd);
+        }
+        Tap::build(real, fds)
+    }
+
+    /// A backend over queue fds opened elsewhere (a privileged helper): each is a
+    /// `/dev/net/tun` fd attached to the same TAP with `IFF_VNET_HDR`.
+    pub fn from_fds(fds: Vec<OwnedFd>) -> Result<Tap> {
+        let Some(first) = fds.first() else {
+            return Err(Error::InvalidConfig {
+                what: "queue fds",
+                why: "no fd given: pass one fd per queue".into(),
+            });
+        };
+        let mut req = IfReq::new("x").map_err(|e| io_err("TUNGETIFF", "tap fd", e))?;
+        // SAFETY: TUNGETIFF fills the ifreq the pointer refers to, valid for the call.
+        unsafe { ioctl::tungetiff(first.as_raw_fd(), &mut req) }
+            .map_err(|e| io_err("TUNGETIFF", "tap fd", e))?;
+        if req.flags() & libc::IFF_VNET_HDR == 0 || req.flags() & libc::IFF_TAP == 0 {
+            return Err(Error::Unsupported {
+                backend: format!("tap:{}", req.name()),
+                what: "a tun fd without IFF_TAP | IFF_VNET_HDR".into(),
+                hint: "open it with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE".into(),
+            });
+        }
+        let name = req.name();
+        for fd in &fds {
+            prepare_fd(fd, &format!("tap {name}"))?;
+        }
+        Tap::build(name, fds)
+    }
+
+    fn build(name: String, fds: Vec<OwnedFd>) -> Result<Tap> {
+        let dev = Device::new(name, Kind::Tap, fds, None)?;
+        let label = dev.backend_name();
+        Ok(Tap { dev, label })
+    }
+
+    /// The device's name.
+    pub fn ifname(&self) -> &str {
+        &self.dev.name
+    }
+
+    /// Duplicates the queue fds, one per queue: what a privileged helper passes (over a unix
+    /// socket with `SCM_RIGHTS`) to a VMM that builds the backend with [`Tap::from_fds`].
+    pub fn try_clone_fds(&self) -> Result<Vec<OwnedFd>> {
+        self.dev.try_clone_fds()
+    }
+}
+
+impl Backend for Tap {
+    type Queue = TapQueue;
+
+    fn name(&self) -> &str {
+        &self.label
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.dev.caps.clone()
+    }
+
+    fn open_queue_pair(&mut self, index: u16) -> Result<TapQueue> {
+        self.dev.open_queue_pair(index)
+    }
+}
+
+/// A macvtap link as a backend: its `/dev/tap<ifindex>` opened once per queue.
+#[derive(Debug)]
+pub struct Macvtap {
+    dev: Device,
+    label: String,
+}
+
+impl Macvtap {
+    /// Opens macvtap `ifname` (in the calling thread's network namespace) with `queues`
+    /// queues, through `/dev/tap<ifindex>`. The guest's MAC is the macvtap's own address.
+    ///
+    /// The node is named by ifindex, and ifindexes repeat across network namespaces while
+    /// `/dev` does not: the node is checked to belong to `ifname` (`TUNGETIFF`), and refused
+    /// otherwise. Where that can happen, open the device by its major:minor instead and use
+    /// [`Macvtap::from_fds`].
+    pub fn open(ifname: &str, queues: u16) -> Result<Macvtap> {
+        if queues == 0 {
+            return Err(Error::InvalidConfig {
+                what: "queue count",
+                why: format!("macvtap {ifname}: 0 queues: ask for at least 1"),
+            });
+        }
+        let index = nix::net::if_::if_nametoindex(ifname)
+            .map_err(|e| io_err("if_nametoindex", &format!("macvtap {ifname}"), e))?;
+        let path = format!("/dev/tap{index}");
+        let mut fds = Vec::with_capacity(usize::from(queues));
+        for _ in 0..queues {
+            let f: File = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+                .open(&path)
+                .map_err(|e| {
+                    io_err(
+                        "open",
+                        &format!("{path} (macvtap {ifname})"),
+                        io::Error::new(
+                            e.kind(),
+                            format!(
+                                "{e}: is {ifname} a macvtap? Its character device is \
+                                 /sys/class/net/{ifname}/macvtap/tap{index}/dev"
+                            ),
+                        ),
+                    )
+                })?;
+            let fd = OwnedFd::from(f);
+            // /dev/tap<ifindex> is named by ifindex, which repeats across network namespaces:
+            // make sure the node is this macvtap's.
+            let mut req = IfReq::new("x").map_err(|e| io_err("TUNGETIFF", &path, e))?;
+            // SAFETY: TUNGETIFF fills the ifreq the pointer refers to, valid for the call.
+            let attached = unsafe { ioctl::tungetiff(fd.as_raw_fd(), &mut req) }.is_ok();
+            if !attached || req.name() != ifname {
+                return Err(Error::Unsupported {
+                    backend: format!("macvtap:{ifname}"),
+                    what: format!("{path}, which belongs to another device ({})", req.name()),
+                    hint: "the ifindex repeats in another network namespace: open the \
+                           macvtap's character device by its major:minor (sysfs \
+                           macvtap/tapN/dev, read in this namespace) and use from_fds"
+                        .into(),
+                });
+            }
+            fds.push(fd);
+        }
+        Macvtap::from_fds(ifname, fds)
+    }
+
+    /// A backend over `/dev/tapN` fds of macvtap `ifname` opened elsewhere.
+    pub fn from_fds(ifname: &str, fds: Vec<OwnedFd>) -> Result<Macvtap> {
+        let flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR | libc::IFF_MULTI_QUEUE;
+        let target = format!("macvtap {ifname}");
+        for fd in &fds {
+            let req =
+                IfReq::with_flags(ifname, flags).map_err(|e| io_err("TUNSETIFF", &target, e))?;
+            // SAFETY: TUNSETIFF reads the ifreq the pointer refers to, valid for the call.
+            unsafe { ioctl::tunsetiff(fd.as_raw_fd(), &req) }
+                .map_err(|e| io_err("TUNSETIFF", &target, e))?;
+            prepare_fd(fd, &target)?;
+        }
+        let dev = Device::new(ifname.to_string(), Kind::Macvtap, fds, None)?;
+        let label = dev.backend_name();
+        Ok(Macvtap { dev, label })
+    }
+}
+
+impl Backend for Macvtap {
+    type Queue = TapQueue;
+
+    fn name(&self) -> &str {
+        &self.label
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.dev.caps.clone()
+    }
+
+    fn open_queue_pair(&mut self, index: u16) -> Result<TapQueue> {
+        self.dev.open_queue_pair(index)
+    }
+}
+
+/// One queue of a TAP or macvtap device.
+#[derive(Debug)]
+pub struct TapQueue {
+    open: Arc<AtomicBool>,
+    index: u16,
+    target: String,
+    fd: OwnedFd,
+    stats: QueueStats,
+    hdr: [u8; VNET_HDR_LEN],
+}
+
+fn encode(hdr: &VirtioNetHdr, out: &mut [u8; VNET_HDR_LEN]) {
+    out[0] = hdr.flags;
+    out[1] = hdr.gso_type;
+    out[2..4].copy_from_slice(&hdr.hdr_len.to_le_bytes());
+    out[4..6].copy_from_slice(&hdr.gso_size.to_le_bytes());
+    out[6..8].copy_from_slice(&hdr.csum_start.to_le_bytes());
+    out[8..10].copy_from_slice(&hdr.csum_offset.to_le_bytes());
+    out[10..12].copy_from_slice(&0u16.to_le_bytes());
+}
+
+fn decode(b: &[u8; VNET_HDR_LEN]) -> VirtioNetHdr {
+    let u = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+    VirtioNetHdr {
+        flags: b[0],
+        gso_type: b[1],
+        hdr_len: u(2),
+        gso_size: u(4),
+        csum_start: u(6),
+        csum_offset: u(8),
+        num_buffers: 0,
+    }
+}
+
+impl Drop for TapQueue {
+    fn drop(&mut self) {
+        self.open.store(false, Ordering::Release);
+    }
+}
+
+impl TapQueue {
+    fn set_queue(&mut self, attach: bool) -> Result<()> {
+        let flag = if attach {
+            libc::IFF_ATTACH_QUEUE
+        } else {
+            libc::IFF_DETACH_QUEUE
+        };
+        let req =
+            IfReq::with_flags("q", flag).map_err(|e| io_err("TUNSETQUEUE", &self.target, e))?;
+        // SAFETY: TUNSETQUEUE reads the ifreq's flags through the pointer, valid for the call.
+        match unsafe { ioctl::tunsetqueue(self.fd.as_raw_fd(), &req) } {
+            Ok(_) => Ok(()),
+            // Attaching an attached queue, detaching a detached one.
+            Err(Errno::EINVAL) if !attach => Ok(()),
+            Err(e) => Err(io_err("TUNSETQUEUE", &self.target, e)),
+        }
+    }
+}
+
+impl QueuePair for TapQueue {
+    fn index(&self) -> u16 {
+        self.index
+    }
+
+    fn send(&mut self, frames: &[TxFrame<'_>]) -> Result<usize> {
+        for (done, frame) in frames.iter().enumerate() {
+            let len = frame.len();
+            if frame.data.len() > MAX_IOVECS {
+                self.stats.tx_drops.add(DropReason::HostError);
+                continue;
+            }
+            if len < ETH_HLEN {
+                self.stats.tx_drops.add(DropReason::Runt);
+                continue;
+            }
+            let mut hdr = [0u8; VNET_HDR_LEN];
+            encode(&frame.hdr, &mut hdr);
+            // One small allocation per frame, against a system call per frame.
+            let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(frame.data.len() + 1);
+            iov.push(IoSlice::new(&hdr));
+            iov.extend(frame.data.iter().map(|s| IoSlice::new(s)));
+            match writev(self.fd.as_fd(), &iov) {
+                Ok(n) if n == len + VNET_HDR_LEN => self.stats.count_tx(len),
+                Ok(_) => self.stats.tx_drops.add(DropReason::HostError),
+                Err(Errno::EAGAIN) => {
+                    self.stats.tx_would_block += 1;
+                    return Ok(done);
+                }
+                Err(Errno::EINTR) => {
+                    // Not consumed: offer it again.
+                    return Ok(done);
+                }
+                // The kernel refused this frame's header or size.
+                Err(Errno::EINVAL) => self.stats.tx_drops.add(DropReason::MalformedHeader),
+                Err(Errno::EMSGSIZE) => self.stats.tx_drops.add(DropReason::TooLarge),
+                // The link is down (EIO) or out of memory: the frame is lost, as on a NIC.
+                Err(Errno::EIO | Errno::ENOMEM | Errno::ENOBUFS | Errno::EFAULT) => {
+                    self.stats.tx_drops.add(DropReason::HostError)
+                }
+                Err(Errno::EBADFD) => {
+                    return Err(Error::InvalidConfig {
+                        what: "queue state",
+                        why: format!("{} is detached: attach it before sending", self.target),
+                    })
+                }
+                Err(e) => return Err(io_err("writev", &self.target, e)),
+            }
+        }
+        Ok(frames.len())
+    }
+
+    fn recv(&mut self, bufs: &mut [IoSliceMut<'_>]) -> Result<Option<RxFrame>> {
+        let room: usize = bufs.iter().map(|b| b.len()).sum();
+        loop {
+            let n = {
+                let mut iov: Vec<IoSliceMut<'_>> = Vec::with_capacity(bufs.len() + 1);
+                iov.push(IoSliceMut::new(&mut self.hdr));
+                iov.extend(bufs.iter_mut().map(|b| IoSliceMut::new(&mut b[..])));
+                match readv(self.fd.as_fd(), &mut iov) {
+                    Ok(n) => n,
+                    Err(Errno::EAGAIN) => return Ok(None),
+                    Err(Errno::EINTR) => continue,
+                    // A detached queue has nothing to read.
+                    Err(Errno::EBADFD) => return Ok(None),
+                    Err(e) => return Err(io_err("readv", &self.target, e)),
+                }
+            };
+            if n < VNET_HDR_LEN + ETH_HLEN {
+                self.stats.rx_drops.add(DropReason::Runt);
+                continue;
+            }
+            let len = n - VNET_HDR_LEN;
+            if len > room {
+                // The kernel reports the whole length of a frame it had to cut.
+                self.stats.rx_drops.add(DropReason::Truncated);
+                continue;
+            }
+            let hdr = decode(&self.hdr);
+            if GsoType::from_raw(hdr.gso_type).is_none() {
+                self.stats.rx_drops.add(DropReason::MalformedHeader);
+                continue;
+            }
+            self.stats.count_rx(len);
+            return Ok(Some(RxFrame { hdr, len }));
+        }
+    }
+
+    fn set_rx_offloads(&mut self, offloads: OffloadSet) -> Result<()> {
+        // SAFETY: TUNSETOFFLOAD takes its argument by value.
+        unsafe { ioctl::tunsetoffload(self.fd.as_raw_fd(), tun_flags(offloads) as libc::c_int) }
+            .map_err(|e| io_err("TUNSETOFFLOAD", &self.target, e))?;
+        Ok(())
+    }
+
+    fn set_attached(&mut self, attached: bool) -> Result<()> {
+        self.set_queue(attached)
+    }
+
+    fn rx_readiness(&self) -> Readiness<'_> {
+        Readiness {
+            fd: self.fd.as_fd(),
+            interest: Interest::Readable,
+        }
+    }
+
+    fn tx_readiness(&self) -> Readiness<'_> {
+        Readiness {
+            fd: self.fd.as_fd(),
+            interest: Interest::Writable,
+        }
+    }
+
+    fn stats(&self) -> QueueStats {
+        self.stats
+    }
+}
+
+/// The fd of a queue, for a VMM that polls it itself.
+impl AsFd for TapQueue {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trip() {
+        let h = VirtioNetHdr {
+            flags: 1,
+            gso_type: 1,
+            hdr_len: 54,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+            num_buffers: 0,
+        };
+        let mut b = [0u8; VNET_HDR_LEN];
+        encode(&h, &mut b);
+        assert_eq!(b[..4], [1, 1, 54, 0]);
+        assert_eq!(decode(&b), h);
+    }
+
+    #[test]
+    fn offload_flags_map_to_the_kernels() {
+        assert_eq!(tun_flags(OffloadSet::NONE), 0);
+        assert_eq!(
+            tun_flags(OffloadSet::CSUM | OffloadSet::TSO4),
+            libc::TUN_F_CSUM | libc::TUN_F_TSO4
+        );
+        assert_eq!(tun_flags(OffloadSet::ALL), 0x7f);
+    }
+
+    #[test]
+    fn bad_names_are_refused_before_any_ioctl() {
+        assert!(IfReq::new("").is_err());
+        assert!(IfReq::new("sixteen-bytes-xx").is_err());
+        assert!(IfReq::new("a/b").is_err());
+        assert_eq!(
+            IfReq::new("tap0").map(|r| r.name()).ok().as_deref(),
+            Some("tap0")
+        );
+    }
+}
