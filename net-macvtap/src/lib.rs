@@ -9,10 +9,14 @@
 //!   that name the operation and the link.
 //! - [`zone`]: a zone: a bridge with an IPv4 subnet, nftables masquerade out of an uplink and
 //!   IPv4 forwarding; VMs attach by macvtap, containers by veth.
+//! - [`networkd`]: systemd-networkd files for what volt-net declares (a VM's macvtap, its
+//!   lower link, a zone bridge), every value checked, written atomically.
 //!
 //! It builds without any C library.
 
 pub mod netlink;
+pub mod networkd;
 pub mod tap;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testns;
+pub mod zone;
