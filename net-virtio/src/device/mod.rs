@@ -19,25 +19,28 @@
 //! queue: index `2N` with `VIRTIO_NET_F_MQ` (N queue pairs), index 2 without.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::AsRawFd;
 
 use log::{info, warn};
 use net_api::{Backend, Capabilities, Interest, MacAddr, OffloadSet, QueuePair, RxFilter};
 use virtio_bindings::virtio_config as vc;
 use virtio_bindings::virtio_net as vn;
 use virtio_bindings::virtio_ring as vr;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemory};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+mod control;
+mod types;
+
+pub use types::{CtrlStats, DeviceConfig, DeviceError, DeviceStats, Event, Watch};
+
 use crate::codec::HdrLayout;
-use crate::ctrl::{Command, CommandReader, Refused, RxMode, GUEST_OFFLOAD_BITS};
-use crate::features::{
-    bit, check_dependencies, guest_offloads, offload_features, MissingDependency,
-};
-use crate::guest::{self, Direction, Seg};
+use crate::ctrl::GUEST_OFFLOAD_BITS;
+use crate::features::{bit, check_dependencies, guest_offloads, offload_features};
+use crate::guest::Seg;
 use crate::irq::{Interrupt, IrqCause};
-use crate::pump::{PumpError, PumpOutcome, PumpStats, RxConfig, RxPump, TxPump, BUDGET};
+use crate::pump::{PumpError, PumpOutcome, RxConfig, RxPump, TxPump};
 use crate::translate::{RxTranslator, TxTranslator};
 
 /// `VIRTIO_CONFIG_S_*` as a byte.
@@ -48,154 +51,6 @@ const S_FAILED: u8 = vc::VIRTIO_CONFIG_S_FAILED as u8;
 
 /// Bytes of the config space this device has (`mac` .. `duplex`).
 pub const CONFIG_LEN: usize = 17;
-/// The most control-command bytes read (a MAC table of about 170000 addresses).
-const MAX_CTRL_BYTES: u64 = 1 << 20;
-
-/// How to build a device.
-#[derive(Debug, Clone)]
-pub struct DeviceConfig {
-    /// Queue pairs (1 ..= the backend's); `VIRTIO_NET_F_MQ` is offered above 1.
-    pub queue_pairs: u16,
-    /// The largest queue size the driver may choose (a power of two, at most 32768).
-    pub max_queue_size: u16,
-    /// The MAC address; `None` uses the backend's, if it has one (else `F_MAC` is not offered).
-    pub mac: Option<MacAddr>,
-    /// The MTU to report (`F_MTU`); `None` reports the backend's.
-    pub mtu: Option<u16>,
-    /// Link speed in Mb/s for `F_SPEED_DUPLEX`; `None` means unknown.
-    pub speed_mbps: Option<u32>,
-    /// Full duplex for `F_SPEED_DUPLEX`; `None` means unknown.
-    pub full_duplex: Option<bool>,
-    /// Offer `VIRTIO_NET_F_MRG_RXBUF`.
-    pub mergeable_rx: bool,
-    /// Offer the control queue (and the features that use it).
-    pub ctrl_queue: bool,
-}
-
-impl Default for DeviceConfig {
-    fn default() -> Self {
-        DeviceConfig {
-            queue_pairs: 1,
-            max_queue_size: 256,
-            mac: None,
-            mtu: None,
-            speed_mbps: None,
-            full_duplex: None,
-            mergeable_rx: true,
-            ctrl_queue: true,
-        }
-    }
-}
-
-/// A device-level failure: what the driver or the VMM did wrong, or the backend.
-#[derive(Debug, thiserror::Error)]
-pub enum DeviceError {
-    /// A queue index the device does not have.
-    #[error("virtio-net has no queue {index}: it has {count} queues (0..{count})")]
-    NoSuchQueue {
-        /// The index.
-        index: u16,
-        /// How many queues there are.
-        count: u16,
-    },
-    /// A queue setting changed while the driver runs (after `DRIVER_OK`).
-    #[error("cannot change {what} after DRIVER_OK: the driver must reset the device first")]
-    Running {
-        /// The setting.
-        what: &'static str,
-    },
-    /// A queue size of 0, not a power of two, or above the maximum.
-    #[error("queue {index}: size {size} refused; use a power of two from 1 to {max}")]
-    InvalidQueueSize {
-        /// The queue.
-        index: u16,
-        /// The size asked for.
-        size: u16,
-        /// The maximum.
-        max: u16,
-    },
-    /// A ring address with the wrong alignment.
-    #[error("queue {index}: {what} address {addr:#x} is misaligned")]
-    InvalidQueueAddress {
-        /// The queue.
-        index: u16,
-        /// Which ring.
-        what: &'static str,
-        /// The address.
-        addr: u64,
-    },
-    /// At `DRIVER_OK`, a queue that must work is not ready or its rings are not in guest
-    /// memory. The device is marked `NEEDS_RESET`.
-    #[error("queue {index} is not usable at DRIVER_OK (not ready, or rings outside guest memory)")]
-    QueueNotUsable {
-        /// The queue.
-        index: u16,
-    },
-    /// `DRIVER_OK` without `FEATURES_OK` from a virtio 1.0 driver.
-    #[error(
-        "DRIVER_OK was set before FEATURES_OK: a virtio 1.0 driver must set FEATURES_OK first"
-    )]
-    FeaturesNotOk,
-    /// Features acked after `FEATURES_OK`.
-    #[error("features can only be acked before FEATURES_OK")]
-    FeaturesLocked,
-    /// The acked features miss a dependency: `FEATURES_OK` is not set.
-    #[error(transparent)]
-    Features(#[from] MissingDependency),
-    /// The configuration is not usable with this backend.
-    #[error("invalid device configuration: {0}")]
-    Config(String),
-    /// The backend failed.
-    #[error(transparent)]
-    Backend(#[from] net_api::Error),
-    /// An eventfd could not be created or used.
-    #[error("eventfd: {0}")]
-    Io(#[from] io::Error),
-}
-
-/// Something to poll for the device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Event {
-    /// The driver notified this queue (transport index).
-    Kick(u16),
-    /// The backend has frames for this queue pair.
-    BackendRx(u16),
-    /// The backend has room again for this queue pair.
-    BackendTx(u16),
-}
-
-/// An fd to poll, what to wait for, and what to tell [`NetDevice::handle`] when it fires.
-#[derive(Debug, Clone, Copy)]
-pub struct Watch<'a> {
-    /// The fd.
-    pub fd: BorrowedFd<'a>,
-    /// The interest.
-    pub interest: Interest,
-    /// The event.
-    pub event: Event,
-}
-
-/// Counters of the control queue.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct CtrlStats {
-    /// Commands answered OK.
-    pub ok: u64,
-    /// Commands answered ERR.
-    pub err: u64,
-    /// Chains that could not carry a command or an ack (completed with length 0).
-    pub bad_chains: u64,
-}
-
-/// Counters of the device.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct DeviceStats {
-    /// Per queue pair: receive pump, transmit pump, backend.
-    pub pairs: Vec<(PumpStats, PumpStats, net_api::QueueStats)>,
-    /// The control queue.
-    pub ctrl: CtrlStats,
-    /// Times the device entered `NEEDS_RESET`.
-    pub needs_reset: u64,
-}
 
 struct Pair<Q> {
     backend: Q,
@@ -947,174 +802,6 @@ impl<B: Backend, I: Interrupt> NetDevice<B, I> {
         self.after_pump(index, res, before, after)
     }
 
-    fn run_ctrl<M: GuestMemory>(&mut self, mem: &M) -> Result<(), DeviceError> {
-        let index = self.ctrl_index();
-        let res = self.ctrl_pass(index, mem);
-        self.after_pump(index, res, (false, false), (false, false))
-    }
-
-    fn ctrl_pass<M: GuestMemory>(&mut self, index: u16, mem: &M) -> Result<PumpOutcome, PumpError> {
-        let qi = usize::from(index);
-        let mut out = PumpOutcome::default();
-        let mut budget = BUDGET;
-        self.queues[qi].disable_notification(mem)?;
-        loop {
-            if budget == 0 {
-                out.more = true;
-                break;
-            }
-            let Some(chain) = self.queues[qi].iter(mem)?.next() else {
-                // Re-arm the driver's notifications (EVENT_IDX: avail_event), then look once
-                // more for what it added meanwhile.
-                if self.queues[qi].enable_notification(mem)? {
-                    self.queues[qi].disable_notification(mem)?;
-                    continue;
-                }
-                break;
-            };
-            budget -= 1;
-            let head = chain.head_index();
-            let walked = guest::walk(
-                chain,
-                Direction::ReadThenWrite,
-                usize::from(self.queues[qi].size()),
-                MAX_CTRL_BYTES,
-                &mut self.ctrl_segs,
-            );
-            let w = match walked {
-                // The ack byte must be writable guest memory before the command is applied.
-                Ok(w)
-                    if w.writable > 0
-                        && guest::check(
-                            mem,
-                            &self.ctrl_segs[w.readable_segs..],
-                            vm_memory::Permissions::Write,
-                        )
-                        .is_ok() =>
-                {
-                    w
-                }
-                _ => {
-                    self.ctrl_stats.bad_chains += 1;
-                    if head < self.queues[qi].size() {
-                        self.queues[qi].add_used(mem, head, 0)?;
-                        out.completed += 1;
-                    }
-                    continue;
-                }
-            };
-            let segs = std::mem::take(&mut self.ctrl_segs);
-            let mut reader = SegReader {
-                mem,
-                segs: &segs[..w.readable_segs],
-                skip: 0,
-                left: w.readable,
-            };
-            let res = Command::decode(&mut reader, self.acked, self.cfg.queue_pairs)
-                .and_then(|cmd| self.apply(cmd, mem));
-            let ack = match res {
-                Ok(()) => {
-                    self.ctrl_stats.ok += 1;
-                    vn::VIRTIO_NET_OK as u8
-                }
-                Err(e) => {
-                    self.ctrl_stats.err += 1;
-                    info!("{}: control command refused: {e}", self.name);
-                    vn::VIRTIO_NET_ERR as u8
-                }
-            };
-            let written = guest::write_to(mem, segs[w.readable_segs..].iter().copied(), 0, &[ack])
-                .unwrap_or(0);
-            self.ctrl_segs = segs;
-            self.queues[qi].add_used(mem, head, written as u32)?;
-            out.completed += 1;
-        }
-        if out.completed > 0 && self.queues[qi].needs_notification(mem)? {
-            out.notify = true;
-        }
-        Ok(out)
-    }
-
-    fn apply<M: GuestMemory>(&mut self, cmd: Command, mem: &M) -> Result<(), Refused> {
-        let (old_filter, old_mac) = (self.filter.clone(), self.mac);
-        let res = self.apply_inner(cmd, mem);
-        if res.is_err() {
-            // An ERR leaves the device as it was.
-            self.filter = old_filter;
-            self.mac = old_mac;
-        }
-        res
-    }
-
-    fn apply_inner<M: GuestMemory>(&mut self, cmd: Command, mem: &M) -> Result<(), Refused> {
-        let backend_err = |e: net_api::Error| {
-            warn!("backend refused a control command: {e}");
-            Refused::OutOfRange
-        };
-        match cmd {
-            Command::Rx(mode, on) => {
-                let f = &mut self.filter;
-                match mode {
-                    RxMode::Promiscuous => f.promiscuous = on,
-                    RxMode::AllMulticast => f.all_multicast = on,
-                    RxMode::AllUnicast => f.all_unicast = on,
-                    RxMode::NoMulticast => f.no_multicast = on,
-                    RxMode::NoUnicast => f.no_unicast = on,
-                    RxMode::NoBroadcast => f.no_broadcast = on,
-                }
-            }
-            Command::MacTable { unicast, multicast } => {
-                self.filter.set_unicast(unicast.macs, unicast.overflow);
-                self.filter
-                    .set_multicast(multicast.macs, multicast.overflow);
-            }
-            Command::MacAddr(mac) => {
-                if mac.is_multicast() {
-                    return Err(Refused::OutOfRange);
-                }
-                self.mac = Some(mac);
-                self.filter.mac = Some(mac);
-            }
-            Command::VlanAdd(vid) => {
-                self.filter.set_vlan(vid, true);
-            }
-            Command::VlanDel(vid) => {
-                self.filter.set_vlan(vid, false);
-            }
-            Command::AnnounceAck => {
-                self.announce = false;
-                return Ok(());
-            }
-            Command::QueuePairs(n) => {
-                if (0..n).any(|i| !self.pair_ready(i, mem)) {
-                    return Err(Refused::OutOfRange);
-                }
-                return self.set_active_pairs(n).map_err(|e| match e {
-                    DeviceError::Backend(e) => backend_err(e),
-                    _ => Refused::OutOfRange,
-                });
-            }
-            Command::GuestOffloads(bits) => {
-                let old = self.guest_rx;
-                self.guest_rx = bits;
-                if let Err(e) = self.apply_guest_offloads() {
-                    self.guest_rx = old;
-                    // Best effort to restore what worked before.
-                    let _ = self.apply_guest_offloads();
-                    return Err(match e {
-                        DeviceError::Backend(e) => backend_err(e),
-                        _ => Refused::OutOfRange,
-                    });
-                }
-                return Ok(());
-            }
-        }
-        self.push_filter().map_err(|e| match e {
-            DeviceError::Backend(e) => backend_err(e),
-            _ => Refused::OutOfRange,
-        })
-    }
-
     /// Returns every guest buffer the device holds (receive buffers waiting for frames, with
     /// length 0; a transmit frame half sent when the backend was full, dropped and counted),
     /// so that the queues' state (`queue(i).state()`) describes every buffer: call it on a
@@ -1165,42 +852,5 @@ impl<B: Backend, I: Interrupt> NetDevice<B, I> {
             .iter()
             .map(|w| (w.fd.as_raw_fd(), w.event))
             .collect()
-    }
-}
-
-/// Reads a control command from the readable segments of a chain.
-struct SegReader<'a, M: GuestMemory + ?Sized> {
-    mem: &'a M,
-    segs: &'a [Seg],
-    skip: u64,
-    left: u64,
-}
-
-impl<M: GuestMemory + ?Sized> CommandReader for SegReader<'_, M> {
-    fn remaining(&self) -> u64 {
-        self.left
-    }
-
-    fn read_exact(&mut self, out: &mut [u8]) -> Result<(), Refused> {
-        if out.len() as u64 > self.left {
-            return Err(Refused::BadLength);
-        }
-        let n = guest::read_from(self.mem, self.segs, self.skip as usize, out)
-            .map_err(|_| Refused::Unreadable)?;
-        if n != out.len() {
-            return Err(Refused::Unreadable);
-        }
-        self.skip += n as u64;
-        self.left -= n as u64;
-        Ok(())
-    }
-
-    fn skip(&mut self, n: u64) -> Result<(), Refused> {
-        if n > self.left {
-            return Err(Refused::BadLength);
-        }
-        self.skip += n;
-        self.left -= n;
-        Ok(())
     }
 }

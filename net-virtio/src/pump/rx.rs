@@ -1,0 +1,593 @@
+//! The receive pump: see the module above for how it works.
+
+use std::collections::VecDeque;
+use std::io::IoSliceMut;
+
+use net_api::ether::ETH_HLEN;
+use net_api::{QueuePair, RxFilter, VirtioNetHdr};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{GuestMemory, Permissions};
+
+use super::{
+    complete, copy_volatile, finish, pop, PumpError, PumpOutcome, PumpStats, BUDGET, MAX_HDR,
+};
+use crate::codec::HdrLayout;
+use crate::gso::MAX_SEGMENT_HEADERS;
+use crate::guest::{self, Direction, Seg};
+use crate::translate::{RxRoute, RxTranslator, SoftFrame, HEAD_LEN, MAX_FRAME_LEN};
+
+/// A guest receive buffer the pump holds: its segments are the next `nsegs` of the pump's
+/// segment queue.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    head: u16,
+    nsegs: usize,
+    cap: u64,
+}
+
+/// A received frame waiting in the pump's buffer for guest buffers: a whole frame, or the
+/// segments of one the guest cannot take as it is.
+#[derive(Debug)]
+struct RxPending {
+    soft: SoftFrame,
+    len: usize,
+    next: usize,
+}
+
+impl RxPending {
+    fn count(&self) -> usize {
+        match &self.soft {
+            SoftFrame::Whole(_) => 1,
+            SoftFrame::Segments(seg) => seg.count(),
+        }
+    }
+}
+
+/// How the receive pump is set up, from the acked features and the backend.
+#[derive(Debug, Clone, Copy)]
+pub struct RxConfig {
+    /// The header layout the guest negotiated.
+    pub layout: HdrLayout,
+    /// `VIRTIO_NET_F_MRG_RXBUF`: a frame may span several chains.
+    pub mergeable: bool,
+    /// The largest frame the backend may deliver now (with the offloads enabled).
+    pub max_frame: usize,
+    /// The translator for the guest's receive offloads.
+    pub translator: RxTranslator,
+}
+
+/// The largest frame the receive path handles (a 64 KiB GSO frame and a VLAN tag).
+const MAX_RX_FRAME: usize = MAX_FRAME_LEN + 4;
+
+/// The receive pump of one queue.
+#[derive(Debug)]
+pub struct RxPump {
+    cfg: RxConfig,
+    held: VecDeque<Held>,
+    held_segs: VecDeque<Seg>,
+    held_cap: u64,
+    walk_segs: Vec<Seg>,
+    used: Vec<(u16, usize, u32)>,
+    pending: Option<RxPending>,
+    /// The frame of `pending`.
+    buf: Vec<u8>,
+    /// The next piece of `pending`, ready to copy into guest buffers, and its header.
+    out: Vec<u8>,
+    out_hdr: Option<VirtioNetHdr>,
+    waiting: bool,
+    stats: PumpStats,
+}
+
+/// What the guest's buffers allow next.
+enum Next {
+    /// Deliver the pending piece.
+    Piece,
+    /// The pending piece can never fit the guest's buffers: drop it.
+    DropPiece,
+    /// Receive straight into the held buffers.
+    Direct,
+    /// Receive into the pump's buffer: the held buffers may be too small, and the frame waits
+    /// there until the guest adds more.
+    Bounce,
+    /// Wait for the guest.
+    Wait,
+}
+
+impl RxPump {
+    /// A pump for this configuration.
+    pub fn new(cfg: RxConfig) -> RxPump {
+        RxPump {
+            cfg: RxConfig {
+                max_frame: cfg.max_frame.min(MAX_RX_FRAME),
+                ..cfg
+            },
+            held: VecDeque::new(),
+            held_segs: VecDeque::new(),
+            held_cap: 0,
+            walk_segs: Vec::new(),
+            used: Vec::new(),
+            pending: None,
+            buf: Vec::new(),
+            out: Vec::new(),
+            out_hdr: None,
+            waiting: false,
+            stats: PumpStats::default(),
+        }
+    }
+
+    /// Changes the receive offloads (`CTRL_GUEST_OFFLOADS`) and with them the largest frame.
+    pub fn reconfigure(&mut self, translator: RxTranslator, max_frame: usize) {
+        self.cfg.translator = translator;
+        self.cfg.max_frame = max_frame.min(MAX_RX_FRAME);
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> PumpStats {
+        self.stats
+    }
+
+    /// Whether the pump waits for guest buffers (poll the kick, not the backend).
+    pub fn is_waiting(&self) -> bool {
+        self.waiting
+    }
+
+    /// Guest buffers held, not yet used.
+    pub fn held_buffers(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Forgets held buffers and any half-delivered frame (device reset: the guest owns its
+    /// buffers again).
+    pub fn reset(&mut self) {
+        self.held.clear();
+        self.held_segs.clear();
+        self.held_cap = 0;
+        self.pending = None;
+        self.out_hdr = None;
+        self.waiting = false;
+    }
+
+    /// Gives every held buffer back to the guest with length 0 and drops a frame waiting in
+    /// the pump (counted), so that the queue's state (`next_avail`, `next_used`) describes
+    /// every buffer: call before saving the queue for a snapshot or a migration.
+    pub fn release<M: GuestMemory>(
+        &mut self,
+        queue: &mut Queue,
+        mem: &M,
+    ) -> Result<PumpOutcome, PumpError> {
+        let mut out = PumpOutcome::default();
+        if self.pending.take().is_some() {
+            self.stats.too_large += 1;
+        }
+        self.out_hdr = None;
+        while let Some(h) = self.held.pop_front() {
+            complete(queue, mem, h.head, 0, &mut out.completed)?;
+        }
+        self.held_segs.clear();
+        self.held_cap = 0;
+        finish(queue, mem, out, &mut self.stats)
+    }
+
+    fn hdr_len(&self) -> usize {
+        self.cfg.layout.size()
+    }
+
+    /// Bytes (header included) the largest frame needs.
+    fn need(&self) -> u64 {
+        (self.hdr_len() + self.cfg.max_frame) as u64
+    }
+
+    fn min_buffer(&self) -> u64 {
+        if self.cfg.mergeable {
+            self.hdr_len() as u64
+        } else {
+            (self.hdr_len() + ETH_HLEN) as u64
+        }
+    }
+
+    /// Room the next delivery has: every held buffer with `MRG_RXBUF`, the first without.
+    fn room(&self) -> u64 {
+        if self.cfg.mergeable {
+            self.held_cap
+        } else {
+            self.held.front().map_or(0, |h| h.cap)
+        }
+    }
+
+    /// Bytes (header included) the next delivery needs.
+    fn target(&self) -> u64 {
+        match self.out_hdr {
+            Some(_) => (self.hdr_len() + self.out.len()) as u64,
+            None => self.need(),
+        }
+    }
+
+    /// Takes guest buffers until the next delivery fits, the ring is empty or every entry of
+    /// the ring is held; bad ones are completed with length 0. Returns whether the ring ran
+    /// dry.
+    fn refill<M: GuestMemory>(
+        &mut self,
+        queue: &mut Queue,
+        mem: &M,
+        done: &mut u32,
+        budget: &mut usize,
+    ) -> Result<bool, PumpError> {
+        let target = self.target();
+        loop {
+            let short = if self.cfg.mergeable {
+                self.held_cap < target
+            } else {
+                self.held.is_empty()
+            };
+            if !short || self.held.len() >= usize::from(queue.size()) || *budget == 0 {
+                return Ok(false);
+            }
+            let Some(chain) = pop(queue, mem)? else {
+                return Ok(true);
+            };
+            *budget -= 1;
+            let head = chain.head_index();
+            // A buffer larger than any frame is fine; count only what can be used.
+            let max = u64::from(u32::MAX);
+            let walked = guest::walk(
+                chain,
+                Direction::Write,
+                usize::from(queue.size()),
+                max,
+                &mut self.walk_segs,
+            )
+            .and_then(|w| guest::check(mem, &self.walk_segs, Permissions::Write).map(|()| w));
+            match walked {
+                Ok(w) if w.writable >= self.min_buffer() => {
+                    self.held.push_back(Held {
+                        head,
+                        nsegs: self.walk_segs.len(),
+                        cap: w.writable,
+                    });
+                    self.held_segs.extend(self.walk_segs.iter().copied());
+                    self.held_cap += w.writable;
+                }
+                Ok(_) => {
+                    self.stats.short_buffers += 1;
+                    complete(queue, mem, head, 0, done)?;
+                }
+                Err(e) => {
+                    self.stats.chain_error(e);
+                    complete(queue, mem, head, 0, done)?;
+                }
+            }
+        }
+    }
+
+    /// Segments of the held chains a frame of the largest size would use.
+    fn direct_segs(&self) -> usize {
+        let mut nsegs = 0;
+        let mut cap = 0;
+        for h in &self.held {
+            nsegs += h.nsegs;
+            cap += h.cap;
+            if !self.cfg.mergeable || cap >= self.need() {
+                break;
+            }
+        }
+        nsegs
+    }
+
+    fn next_step(&mut self, queue: &Queue, dry: bool) -> Next {
+        let have = !self.held.is_empty();
+        let all_held = self.held.len() >= usize::from(queue.size());
+        if self.pending.is_some() {
+            self.prepare_piece();
+            if have && self.room() >= self.target() {
+                Next::Piece
+            } else if have && (!self.cfg.mergeable || all_held) {
+                // No buffer the guest can add would make room.
+                Next::DropPiece
+            } else {
+                Next::Wait
+            }
+        } else if !have {
+            Next::Wait
+        } else if !self.cfg.mergeable || self.room() >= self.need() {
+            if self.direct_segs() + 1 > net_api::MAX_IOVECS {
+                Next::Bounce
+            } else {
+                Next::Direct
+            }
+        } else if dry || all_held {
+            Next::Bounce
+        } else {
+            Next::Wait
+        }
+    }
+
+    /// Moves frames from the backend into guest buffers until the backend is empty, the
+    /// guest's buffers run out or the budget is spent. `filter` is applied to every frame
+    /// unless it is `None` (the backend applies it, or everything passes).
+    pub fn process<M: GuestMemory, Q: QueuePair + ?Sized>(
+        &mut self,
+        queue: &mut Queue,
+        mem: &M,
+        backend: &mut Q,
+        filter: Option<&RxFilter>,
+    ) -> Result<PumpOutcome, PumpError> {
+        let mut out = PumpOutcome::default();
+        let mut budget = BUDGET;
+        loop {
+            if budget == 0 {
+                out.more = true;
+                break;
+            }
+            let dry = self.refill(queue, mem, &mut out.completed, &mut budget)?;
+            let progressed = match self.next_step(queue, dry) {
+                Next::Piece => {
+                    self.deliver_piece(queue, mem, &mut out.completed)?;
+                    true
+                }
+                Next::DropPiece => {
+                    self.stats.too_large += 1;
+                    self.advance_piece();
+                    true
+                }
+                Next::Direct => {
+                    if self
+                        .receive_direct(queue, mem, backend, filter, &mut out.completed)?
+                        .is_none()
+                    {
+                        break;
+                    }
+                    true
+                }
+                Next::Bounce => {
+                    if self.receive_bounce(backend, filter)?.is_none() {
+                        break;
+                    }
+                    true
+                }
+                Next::Wait => false,
+            };
+            if progressed {
+                self.waiting = false;
+                budget = budget.saturating_sub(1);
+                continue;
+            }
+            // Short of buffers: let the guest kick us when it adds some.
+            if !self.waiting {
+                self.waiting = true;
+                self.stats.no_buffers += 1;
+            }
+            if !queue.enable_notification(mem)? || self.held.len() >= usize::from(queue.size()) {
+                break;
+            }
+        }
+        out.blocked = self.waiting;
+        finish(queue, mem, out, &mut self.stats)
+    }
+
+    /// Whether a frame passes the filter and the translator: delivers it or makes it pending.
+    /// `head` is a copy of its first bytes.
+    fn accept(
+        &mut self,
+        filter: Option<&RxFilter>,
+        hdr: &VirtioNetHdr,
+        len: usize,
+        head: &[u8],
+    ) -> Option<RxRoute> {
+        if let Some(f) = filter {
+            if !f.accepts(head) {
+                self.stats.filtered += 1;
+                return None;
+            }
+        }
+        match self.cfg.translator.route(hdr, len, head) {
+            Ok(route) => Some(route),
+            Err(_) => {
+                self.stats.rx_errors += 1;
+                None
+            }
+        }
+    }
+
+    /// Makes the frame in `buf[..len]` pending, through the software path if need be.
+    fn make_pending(&mut self, route: RxRoute, hdr: &VirtioNetHdr, len: usize) {
+        let soft = match route {
+            RxRoute::Deliver(h) => SoftFrame::Whole(h),
+            RxRoute::Software => match self.cfg.translator.software(hdr, &mut self.buf[..len]) {
+                Ok(soft) => {
+                    self.stats.software += 1;
+                    soft
+                }
+                Err(_) => {
+                    self.stats.rx_errors += 1;
+                    return;
+                }
+            },
+        };
+        self.pending = Some(RxPending { soft, len, next: 0 });
+        self.out_hdr = None;
+    }
+
+    /// One frame from the backend straight into the held buffers; `None` when the backend is
+    /// empty.
+    fn receive_direct<M: GuestMemory, Q: QueuePair + ?Sized>(
+        &mut self,
+        queue: &mut Queue,
+        mem: &M,
+        backend: &mut Q,
+        filter: Option<&RxFilter>,
+        done: &mut u32,
+    ) -> Result<Option<()>, PumpError> {
+        let hdr_len = self.hdr_len();
+        let nsegs = self.direct_segs();
+        let mut slices = Vec::with_capacity(nsegs + 2);
+        let mut skip = hdr_len;
+        for &seg in self.held_segs.iter().take(nsegs) {
+            let len = seg.len as usize;
+            if skip >= len {
+                skip -= len;
+                continue;
+            }
+            // Checked when the buffer was taken; memory can only have shrunk since (a VMM
+            // must reset the device before it unplugs memory), so fail the ring if so.
+            guest::for_each_slice(mem, seg, skip, Permissions::Write, |s| slices.push(s))
+                .map_err(|_| PumpError::Ring(virtio_queue::Error::InvalidChain))?;
+            skip = 0;
+        }
+        let mut guards = Vec::with_capacity(slices.len());
+        let mut iovs: Vec<IoSliceMut<'_>> = slices
+            .iter()
+            .map(|s| guest::io_slice_mut(s, &mut guards))
+            .collect();
+        let received = backend.recv(&mut iovs);
+        drop(iovs);
+        drop(guards);
+        let Some(frame) = received? else {
+            return Ok(None);
+        };
+        let len = frame.len.min(slices.iter().map(|s| s.len()).sum());
+        if guest::tracks_dirty::<<M as GuestMemory>::Bitmap>() {
+            guest::mark_dirty(&slices, len);
+        }
+        // What the filter and the translator read, copied: the guest can write its buffers.
+        let mut head = [0u8; HEAD_LEN];
+        let head_n = copy_volatile(&slices, &mut head[..len.min(HEAD_LEN)]);
+        match self.accept(filter, &frame.hdr, len, &head[..head_n]) {
+            Some(RxRoute::Deliver(hdr)) => self.complete_frame(queue, mem, hdr, len, done)?,
+            Some(RxRoute::Software) => {
+                self.buf.resize(len, 0);
+                let n = copy_volatile(&slices, &mut self.buf);
+                self.make_pending(RxRoute::Software, &frame.hdr, n);
+            }
+            None => {}
+        }
+        Ok(Some(()))
+    }
+
+    /// One frame from the backend into the pump's buffer, where it waits for guest buffers;
+    /// `None` when the backend is empty.
+    fn receive_bounce<Q: QueuePair + ?Sized>(
+        &mut self,
+        backend: &mut Q,
+        filter: Option<&RxFilter>,
+    ) -> Result<Option<()>, PumpError> {
+        self.buf.resize(MAX_RX_FRAME, 0);
+        let Some(frame) = backend.recv(&mut [IoSliceMut::new(&mut self.buf)])? else {
+            return Ok(None);
+        };
+        let len = frame.len.min(MAX_RX_FRAME);
+        let head_n = len.min(HEAD_LEN);
+        let mut head = [0u8; HEAD_LEN];
+        head[..head_n].copy_from_slice(&self.buf[..head_n]);
+        if let Some(route) = self.accept(filter, &frame.hdr, len, &head[..head_n]) {
+            self.make_pending(route, &frame.hdr, len);
+        }
+        Ok(Some(()))
+    }
+
+    /// Puts the next piece of the pending frame in `out` (once).
+    fn prepare_piece(&mut self) {
+        if self.out_hdr.is_some() {
+            return;
+        }
+        let Some(p) = self.pending.as_ref() else {
+            return;
+        };
+        let frame = &self.buf[..p.len];
+        let hdr = match &p.soft {
+            SoftFrame::Whole(h) => {
+                self.out.clear();
+                self.out.extend_from_slice(frame);
+                *h
+            }
+            SoftFrame::Segments(seg) => {
+                let mut headers = [0u8; MAX_SEGMENT_HEADERS];
+                let s = seg.segment(p.next, frame, &mut headers);
+                self.out.clear();
+                self.out.extend_from_slice(&headers[..s.header_len]);
+                self.out.extend_from_slice(&frame[s.payload.clone()]);
+                self.cfg.translator.segment_hdr(seg)
+            }
+        };
+        self.out_hdr = Some(hdr);
+    }
+
+    /// Moves past the current piece of the pending frame.
+    fn advance_piece(&mut self) {
+        self.out_hdr = None;
+        if let Some(p) = self.pending.as_mut() {
+            p.next += 1;
+            if p.next >= p.count() {
+                self.pending = None;
+            }
+        }
+    }
+
+    /// Copies the prepared piece into the held buffers and returns them to the guest.
+    fn deliver_piece<M: GuestMemory>(
+        &mut self,
+        queue: &mut Queue,
+        mem: &M,
+        done: &mut u32,
+    ) -> Result<(), PumpError> {
+        let Some(hdr) = self.out_hdr else {
+            return Ok(());
+        };
+        let nsegs: usize = if self.cfg.mergeable {
+            self.held_segs.len()
+        } else {
+            self.held.front().map_or(0, |h| h.nsegs)
+        };
+        let segs = self.held_segs.iter().take(nsegs).copied();
+        guest::write_to(mem, segs, self.hdr_len(), &self.out)
+            .map_err(|_| PumpError::Ring(virtio_queue::Error::InvalidChain))?;
+        let len = self.out.len();
+        self.advance_piece();
+        self.complete_frame(queue, mem, hdr, len, done)
+    }
+
+    /// The frame of `len` bytes is in the held buffers after the header room: write the
+    /// header and return the buffers it used.
+    fn complete_frame<M: GuestMemory>(
+        &mut self,
+        queue: &mut Queue,
+        mem: &M,
+        mut hdr: VirtioNetHdr,
+        len: usize,
+        done: &mut u32,
+    ) -> Result<(), PumpError> {
+        let hdr_len = self.hdr_len();
+        let mut left = (hdr_len + len) as u64;
+        let mut used = std::mem::take(&mut self.used);
+        used.clear();
+        for h in &self.held {
+            if left == 0 || (!self.cfg.mergeable && !used.is_empty()) {
+                break;
+            }
+            let n = h.cap.min(left);
+            used.push((h.head, h.nsegs, n as u32));
+            left -= n;
+        }
+        let Some(&(_, first_nsegs, _)) = used.first() else {
+            self.used = used;
+            return Ok(());
+        };
+        hdr.num_buffers = used.len() as u16;
+        let mut hbuf = [0u8; MAX_HDR];
+        let n = self.cfg.layout.encode(&hdr, &mut hbuf).unwrap_or(hdr_len);
+        let first_segs = self.held_segs.iter().take(first_nsegs).copied();
+        guest::write_to(mem, first_segs, 0, &hbuf[..n])
+            .map_err(|_| PumpError::Ring(virtio_queue::Error::InvalidChain))?;
+        for &(head, nsegs, bytes) in &used {
+            if let Some(h) = self.held.pop_front() {
+                self.held_cap -= h.cap;
+            }
+            self.held_segs.drain(..nsegs);
+            queue.add_used(mem, head, bytes)?;
+            *done += 1;
+        }
+        self.used = used;
+        self.stats.frames += 1;
+        self.stats.bytes += len as u64;
+        Ok(())
+    }
+}
