@@ -287,6 +287,133 @@ pub fn delete_persistent_tap(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Opens macvtap `ifname`'s queues through `/dev/tap<index>`, checking that the node is that
+/// macvtap's (`TUNGETIFF`).
+fn open_dev_node(ifname: &str, index: u32, queues: u16) -> Result<Vec<OwnedFd>> {
+    let path = format!("/dev/tap{index}");
+    let mut fds = Vec::with_capacity(usize::from(queues));
+    for _ in 0..queues {
+        let f: File = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open(&path)
+            .map_err(|e| {
+                io_err(
+                    "open",
+                    &format!("{path} (macvtap {ifname})"),
+                    io::Error::new(
+                        e.kind(),
+                        format!(
+                            "{e}: is {ifname} a macvtap? Its character device is \
+                             /sys/class/net/{ifname}/macvtap/tap{index}/dev"
+                        ),
+                    ),
+                )
+            })?;
+        let fd = OwnedFd::from(f);
+        let mut req = IfReq::new("x").map_err(|e| io_err("TUNGETIFF", &path, e))?;
+        // SAFETY: TUNGETIFF fills the ifreq the pointer refers to, valid for the call.
+        let attached = unsafe { ioctl::tungetiff(fd.as_raw_fd(), &mut req) }.is_ok();
+        if !attached || req.name() != ifname {
+            return Err(Error::Unsupported {
+                backend: format!("macvtap:{ifname}"),
+                what: format!("{path}, which belongs to another device ({})", req.name()),
+                hint: "the ifindex repeats in another network namespace: run with \
+                       CAP_SYS_ADMIN (the device is then found through this namespace's \
+                       sysfs) or pass the fds to from_fds"
+                    .into(),
+            });
+        }
+        fds.push(fd);
+    }
+    Ok(fds)
+}
+
+/// Opens macvtap `ifname`'s queues through a device node of our own, made from the
+/// major:minor that this network namespace's sysfs gives.
+///
+/// `/dev/tap<ifindex>` cannot be trusted outside the host's namespace: ifindexes repeat per
+/// namespace while `/dev` is global, and a namespace being torn down removes "its" node even
+/// when another device of the same ifindex now exists. So a helper thread (in the caller's
+/// network namespace) unshares its mount namespace, mounts a sysfs (which shows the mounting
+/// thread's network namespace) and a tmpfs over `/sys` and `/tmp` there, reads
+/// `class/net/<ifname>/macvtap/tap<index>/dev`, makes the node, opens it `queues` times and
+/// ends: the mounts vanish with its mount namespace, the fds stay. Needs CAP_SYS_ADMIN (EPERM
+/// otherwise).
+fn open_via_private_sysfs(ifname: &str, index: u32, queues: u16) -> io::Result<Vec<OwnedFd>> {
+    use nix::mount::{mount, MsFlags};
+    use nix::sched::{unshare, CloneFlags};
+    use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+
+    let name = ifname.to_string();
+    let thread = std::thread::Builder::new()
+        .name("volt-macvtap-open".into())
+        .spawn(move || -> io::Result<Vec<OwnedFd>> {
+            unshare(CloneFlags::CLONE_NEWNS).map_err(io::Error::from)?;
+            // Nothing of what follows may propagate back to the host's mounts.
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .map_err(io::Error::from)?;
+            let quiet = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
+            mount(
+                Some("sysfs"),
+                "/sys",
+                Some("sysfs"),
+                quiet | MsFlags::MS_RDONLY,
+                None::<&str>,
+            )
+            .map_err(io::Error::from)?;
+            let dev =
+                std::fs::read_to_string(format!("/sys/class/net/{name}/macvtap/tap{index}/dev"))
+                    .map_err(|e| {
+                        io::Error::new(
+                            e.kind(),
+                            format!("{e}: {name} is not a macvtap in this namespace"),
+                        )
+                    })?;
+            let (major, minor) = dev
+                .trim()
+                .split_once(':')
+                .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+                .ok_or_else(|| io::Error::other(format!("unexpected device number '{dev}'")))?;
+            mount(
+                Some("tmpfs"),
+                "/tmp",
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+                Some("size=64k,mode=700"),
+            )
+            .map_err(io::Error::from)?;
+            let node = format!("/tmp/tap{index}");
+            mknod(
+                node.as_str(),
+                SFlag::S_IFCHR,
+                Mode::from_bits_truncate(0o600),
+                makedev(major, minor),
+            )
+            .map_err(io::Error::from)?;
+            (0..queues)
+                .map(|_| {
+                    OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+                        .open(&node)
+                        .map(OwnedFd::from)
+                })
+                .collect()
+        })?;
+    thread
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("the device-opening thread panicked")))
+}
+
 /// What kind of character device the fds are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -495,11 +622,12 @@ pub struct Macvtap {
 
 impl Macvtap {
     /// Opens macvtap `ifname` (in the calling thread's network namespace) with `queues`
-    /// queues, through `/dev/tap<ifindex>`. The guest's MAC is the macvtap's own address.
+    /// queues. The guest's MAC is the macvtap's own address.
     ///
-    /// The node is named by ifindex, and ifindexes repeat across network namespaces while
-    /// `/dev` does not: the node is checked to belong to `ifname` (`TUNGETIFF`), and refused
-    /// otherwise. Where that can happen, open the device by its major:minor instead and use
+    /// With CAP_SYS_ADMIN the character device is found through this namespace's own sysfs
+    /// (a private mount on a helper thread), so it is right in any namespace. Without it,
+    /// `/dev/tap<ifindex>` is opened and checked to belong to `ifname` (`TUNGETIFF`): right in
+    /// the host's namespace, where ifindexes are unique. Or pass fds to
     /// [`Macvtap::from_fds`].
     pub fn open(ifname: &str, queues: u16) -> Result<Macvtap> {
         if queues == 0 {
@@ -510,45 +638,21 @@ impl Macvtap {
         }
         let index = nix::net::if_::if_nametoindex(ifname)
             .map_err(|e| io_err("if_nametoindex", &format!("macvtap {ifname}"), e))?;
-        let path = format!("/dev/tap{index}");
-        let mut fds = Vec::with_capacity(usize::from(queues));
-        for _ in 0..queues {
-            let f: File = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
-                .open(&path)
-                .map_err(|e| {
-                    io_err(
-                        "open",
-                        &format!("{path} (macvtap {ifname})"),
-                        io::Error::new(
-                            e.kind(),
-                            format!(
-                                "{e}: is {ifname} a macvtap? Its character device is \
-                                 /sys/class/net/{ifname}/macvtap/tap{index}/dev"
-                            ),
-                        ),
-                    )
-                })?;
-            let fd = OwnedFd::from(f);
-            // /dev/tap<ifindex> is named by ifindex, which repeats across network namespaces:
-            // make sure the node is this macvtap's.
-            let mut req = IfReq::new("x").map_err(|e| io_err("TUNGETIFF", &path, e))?;
-            // SAFETY: TUNGETIFF fills the ifreq the pointer refers to, valid for the call.
-            let attached = unsafe { ioctl::tungetiff(fd.as_raw_fd(), &mut req) }.is_ok();
-            if !attached || req.name() != ifname {
-                return Err(Error::Unsupported {
-                    backend: format!("macvtap:{ifname}"),
-                    what: format!("{path}, which belongs to another device ({})", req.name()),
-                    hint: "the ifindex repeats in another network namespace: open the \
-                           macvtap's character device by its major:minor (sysfs \
-                           macvtap/tapN/dev, read in this namespace) and use from_fds"
-                        .into(),
-                });
+        let fds = match open_via_private_sysfs(ifname, index, queues) {
+            Ok(fds) => fds,
+            // Without CAP_SYS_ADMIN: the host's /dev, whose nodes are right in the host's
+            // namespace (ifindexes are unique there).
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                open_dev_node(ifname, index, queues)?
             }
-            fds.push(fd);
-        }
+            Err(e) => {
+                return Err(io_err(
+                    "finding the character device",
+                    &format!("macvtap {ifname}"),
+                    e,
+                ))
+            }
+        };
         Macvtap::from_fds(ifname, fds)
     }
 

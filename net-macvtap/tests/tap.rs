@@ -516,3 +516,38 @@ fn handed_over_fds_make_a_backend_and_bad_ones_are_refused() {
     let err = Tap::create("bad/name", 1).expect_err("bad name");
     assert!(err.to_string().contains("not an interface name"), "{err}");
 }
+
+#[test]
+fn a_persistent_tap_outlives_its_creator_and_belongs_to_its_user() {
+    if skip_unless_root("a_persistent_tap_outlives_its_creator_and_belongs_to_its_user") {
+        return;
+    }
+    let ns = quiet_ns("persist");
+    {
+        let _in = ns.enter().expect("enter");
+        net_macvtap::tap::create_persistent_tap("ptap0", 65534).expect("persistent tap");
+    }
+    // No fd of ours is open now: the device is still there, owned by uid 65534.
+    let show = ns
+        .exec(&["ip", "-d", "link", "show", "ptap0"])
+        .expect("ip link show");
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(text.contains("persist on"), "{text}");
+    assert!(
+        text.contains("user nobody") || text.contains("user 65534"),
+        "{text}"
+    );
+    assert!(
+        text.contains("vnet_hdr on") && text.contains("multi_queue"),
+        "{text}"
+    );
+    {
+        let _in = ns.enter().expect("enter");
+        // The owner (here: root acting for it) opens it as a backend.
+        let mut tap = Tap::create("ptap0", 2).expect("open the persistent tap");
+        assert!(tap.open_queue_pair(1).is_ok());
+        drop(tap);
+        net_macvtap::tap::delete_persistent_tap("ptap0").expect("delete");
+    }
+    assert!(ns.exec(&["ip", "link", "show", "ptap0"]).is_err(), "gone");
+}
