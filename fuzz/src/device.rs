@@ -1047,7 +1047,8 @@ fn ref_walk(
     let mut any = false;
     let mut last_has_next = false;
     let (mut readable, mut writable) = (0u64, 0u64);
-    let (mut segs, mut readable_segs) = (0usize, 0usize);
+    let mut segs = 0usize;
+    let mut seen_writable = false;
     let mut ack = None;
     loop {
         if ttl == 0 || next >= qsize {
@@ -1095,9 +1096,11 @@ fn ref_walk(
         any = true;
         last_has_next = flags & NEXT != 0;
         let w = flags & WRITE != 0;
-        if !w && (writable > 0 || segs > readable_segs) {
+        // A readable descriptor after any writable one, zero-length or not.
+        if !w && seen_writable {
             return malformed;
         }
+        seen_writable |= w;
         if len == 0 {
             continue;
         }
@@ -1111,7 +1114,6 @@ fn ref_walk(
             writable += l;
         } else {
             readable += l;
-            readable_segs += 1;
         }
     }
     if last_has_next || !any || segs == 0 || writable == 0 {

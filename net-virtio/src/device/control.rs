@@ -51,12 +51,15 @@ impl<B: Backend, I: Interrupt> NetDevice<B, I> {
                 &mut self.ctrl_segs,
             );
             let w = match walked {
-                // The ack byte must be writable guest memory before the command is applied.
+                // The ack byte (the first writable segment) must be writable guest memory
+                // before the command is applied.
                 Ok(w)
                     if w.writable > 0
                         && guest::check(
                             mem,
-                            &self.ctrl_segs[w.readable_segs..],
+                            self.ctrl_segs
+                                .get(w.readable_segs..=w.readable_segs)
+                                .unwrap_or(&[]),
                             vm_memory::Permissions::Write,
                         )
                         .is_ok() =>
