@@ -1,7 +1,10 @@
 //! # net-vhostuser: vhost-user-net, both ways
 //!
-//! This crate will own (issue "net-vhostuser"): the backend side, built on rust-vmm's
-//! `vhost-user-backend`, which serves any [`net_api::Backend`] to QEMU or Cloud Hypervisor over
-//! a unix socket using `net-virtio`'s pumps on the shared guest memory; and the frontend side,
-//! built on the `vhost` crate, which hands a VMM's virtio-net queues to an external backend
-//! such as OVS-DPDK. Nothing is implemented yet.
+//! - [`backend`]: any [`net_api::Backend`] served to a vhost-user frontend (QEMU, Cloud
+//!   Hypervisor, DPDK's virtio_user) over a unix socket, built on rust-vmm's
+//!   `vhost-user-backend`, with `net-virtio`'s pumps on the guest memory the frontend shares.
+//!
+//! The frontend side (a VMM handing its queues to an external backend through the `vhost`
+//! crate) and the `volt-net serve` command are still to come (issue 5).
+
+pub mod backend;
