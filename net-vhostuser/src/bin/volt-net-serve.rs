@@ -5,8 +5,9 @@
 //! ```
 //! It listens on the socket, serves one frontend at a time, logs a line per connection, and
 //! keeps serving when a frontend goes away (QEMU reconnects with `reconnect=1`). SIGTERM or
-//! SIGINT removes the socket and exits 0. `--backend loopback` echoes every frame the guest
-//! sends back to it (a test peer that needs no privileges). The command moves under
+//! SIGINT removes the socket and exits 0. `--backend loopback` needs no privileges: its far
+//! end echoes, drops (`--loopback-mode sink`) or generates (`source`) frames, for tests and
+//! benchmarks. The command moves under
 //! `volt-net serve` with the command-line issue.
 
 use std::io::{IoSlice, IoSliceMut};
@@ -56,6 +57,17 @@ struct Args {
     /// Do not offer mergeable receive buffers.
     #[arg(long)]
     no_mrg_rxbuf: bool,
+    /// What the loopback's far end does with frames: send them back (echo), drop them
+    /// (sink), or drop them and send 64-byte frames as fast as the guest takes them (source).
+    #[arg(long, value_enum, default_value_t = LoopbackMode::Echo)]
+    loopback_mode: LoopbackMode,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LoopbackMode {
+    Echo,
+    Sink,
+    Source,
 }
 
 fn main() -> ExitCode {
@@ -126,33 +138,63 @@ fn loopback(args: &Args) -> Result<net_api::loopback::Loopback, String> {
         let mut q = far.open_queue_pair(i).map_err(|e| e.to_string())?;
         q.set_rx_offloads(OffloadSet::ALL)
             .map_err(|e| e.to_string())?;
-        std::thread::spawn(move || echo(q));
+        let mode = args.loopback_mode;
+        std::thread::spawn(move || far_end(q, mode));
     }
     std::mem::forget(far);
     Ok(ours)
 }
 
-fn echo(mut q: net_api::loopback::LoopbackQueue) {
+fn far_end(mut q: net_api::loopback::LoopbackQueue, mode: LoopbackMode) {
     let mut buf = vec![0u8; 70_000];
+    let mut frame = [0u8; 64];
+    frame[..6].copy_from_slice(&[0xff; 6]);
+    frame[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x42]);
+    frame[12..14].copy_from_slice(&[0x88, 0xb5]);
     loop {
+        let mut idle = true;
         match q.recv(&mut [IoSliceMut::new(&mut buf)]) {
             Ok(Some(f)) => {
-                let data = [IoSlice::new(&buf[..f.len])];
-                // Full: the frame is dropped, as a switch would.
-                let _ = q.send(&[TxFrame {
-                    hdr: f.hdr,
-                    data: &data,
-                }]);
+                idle = false;
+                if mode == LoopbackMode::Echo {
+                    let data = [IoSlice::new(&buf[..f.len])];
+                    // Full: the frame is dropped, as a switch would.
+                    let _ = q.send(&[TxFrame {
+                        hdr: f.hdr,
+                        data: &data,
+                    }]);
+                }
             }
-            Ok(None) => {
-                let fd = q.rx_readiness().fd;
-                let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
-                let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16));
-            }
+            Ok(None) => {}
             Err(e) => {
-                error!("loopback echo: {e}");
+                error!("loopback: {e}");
                 return;
             }
+        }
+        if mode == LoopbackMode::Source {
+            let data = [IoSlice::new(&frame)];
+            let frames = [TxFrame {
+                hdr: net_api::VirtioNetHdr::PLAIN,
+                data: &data,
+            }; 32];
+            match q.send(&frames) {
+                Ok(n) if n > 0 => idle = false,
+                Ok(_) => {}
+                Err(e) => {
+                    error!("loopback: {e}");
+                    return;
+                }
+            }
+        }
+        if idle {
+            let fd = q.rx_readiness().fd;
+            let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
+            let timeout = if mode == LoopbackMode::Source {
+                1u16
+            } else {
+                100
+            };
+            let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(timeout));
         }
     }
 }
