@@ -412,6 +412,22 @@ where
         self.event_idx = enabled;
     }
 
+    fn exit_event(
+        &self,
+        _thread_index: usize,
+    ) -> Option<(
+        vmm_sys_util::event::EventConsumer,
+        vmm_sys_util::event::EventNotifier,
+    )> {
+        // A fresh pair for each daemon: the worker of a finished connection must exit (its
+        // daemon joins it on drop) while this backend serves the next one.
+        vmm_sys_util::event::new_event_consumer_and_notifier(
+            vmm_sys_util::event::EventFlag::NONBLOCK | vmm_sys_util::event::EventFlag::CLOEXEC,
+        )
+        .map_err(|e| warn!("{}: exit event: {e}", self.name))
+        .ok()
+    }
+
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         let mut cfg = [0u8; 12];
         if let Some(mac) = self.caps.mac {

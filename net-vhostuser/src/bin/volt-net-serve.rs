@@ -209,26 +209,35 @@ where
         NetBackend::new(backend, cfg).map_err(|e| e.to_string())?,
     ));
     info!("serving {name} on {}", args.socket.display());
+    // One daemon for every connection: its worker thread and handler stay, and each new
+    // frontend sets the vrings up again (a daemon per connection would cost a worker and an
+    // eventfd each time).
+    let mem = Mem::new(GuestMemoryMmap::new());
+    let mut daemon = VhostUserDaemon::new("volt-net-serve".into(), shared.clone(), mem)
+        .map_err(|e| format!("vhost-user daemon: {e}"))?;
+    if let Some(h) = daemon.get_epoll_handlers().first() {
+        use std::os::fd::AsRawFd;
+        shared
+            .write()
+            .map_err(|_| "backend lock poisoned")?
+            .set_epoll(h.as_raw_fd());
+    }
+    let mut listener = vhost::vhost_user::Listener::new(&args.socket, true)
+        .map_err(|e| format!("listening on {}: {e}", args.socket.display()))?;
     loop {
-        let mem = Mem::new(GuestMemoryMmap::new());
-        let mut daemon = VhostUserDaemon::new("volt-net-serve".into(), shared.clone(), mem)
-            .map_err(|e| format!("vhost-user daemon: {e}"))?;
-        if let Some(h) = daemon.get_epoll_handlers().first() {
-            use std::os::fd::AsRawFd;
-            shared
-                .write()
-                .map_err(|_| "backend lock poisoned")?
-                .set_epoll(h.as_raw_fd());
-        }
-        let _ = std::fs::remove_file(&args.socket);
-        let res = daemon.serve(&args.socket);
+        daemon
+            .start(&mut listener)
+            .map_err(|e| format!("accepting a frontend: {e}"))?;
+        info!("frontend connected");
+        let res = daemon.wait();
         let (tx, rx) = shared.read().map(|b| b.frames()).unwrap_or_default();
-        match res {
-            Ok(()) => info!(
-                "frontend disconnected after {tx} frames from the guest, {rx} to it; waiting for the next one"
-            ),
-            Err(e) => error!("connection ended: {e}; waiting for the next one"),
-        }
+        let why = match res {
+            Ok(()) => "disconnected".to_string(),
+            Err(e) => e.to_string(),
+        };
+        info!(
+            "frontend gone ({why}) after {tx} frames from the guest, {rx} to it; waiting for the next one"
+        );
         if let Ok(mut b) = shared.write() {
             use vhost_user_backend::VhostUserBackendMut;
             b.reset_device();
