@@ -25,7 +25,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use net_api::ether::ETH_HLEN;
@@ -54,10 +54,14 @@ struct IfReq {
 impl IfReq {
     fn new(name: &str) -> io::Result<IfReq> {
         let b = name.as_bytes();
-        if b.is_empty() || b.len() >= libc::IFNAMSIZ || b.contains(&0) || b.contains(&b'/') {
+        let bad = |c: &u8| matches!(c, 0 | b'/' | b'%' | b'*' | b':') || c.is_ascii_whitespace();
+        if b.is_empty() || b.len() >= libc::IFNAMSIZ || !b.is_ascii() || b.iter().any(bad) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("'{name}' is not an interface name: use 1 to 15 bytes, no '/'"),
+                format!(
+                    "'{name}' is not an interface name: use 1 to 15 ASCII bytes, without '/', \
+                     '%' (a kernel name template), '*', ':' or spaces"
+                ),
             ));
         }
         let mut r = IfReq {
@@ -93,7 +97,8 @@ mod ioctl {
     use nix::libc::{c_int, c_uint};
     use std::mem::size_of;
 
-    nix::ioctl_write_ptr_bad!(
+    // The kernel writes the ifreq back (the device's real name): read-write.
+    nix::ioctl_readwrite_bad!(
         tunsetiff,
         nix::request_code_write!(b'T', 202, size_of::<c_int>()),
         IfReq
@@ -142,8 +147,23 @@ fn io_err(op: &'static str, target: &str, e: impl Into<io::Error>) -> Error {
     }
 }
 
-/// The kernel's `TUN_F_*` flags for a set of offloads.
+/// The kernel's `TUN_F_*` flags for a set of offloads, reduced to a combination tun accepts:
+/// segmentation offloads only with checksum offload, ECN only with TSO, USO only for both IP
+/// versions at once.
 fn tun_flags(off: OffloadSet) -> libc::c_uint {
+    let mut off = off;
+    if !off.contains(OffloadSet::CSUM) {
+        off = OffloadSet::NONE;
+    }
+    if off
+        .intersection(OffloadSet::TSO4 | OffloadSet::TSO6)
+        .is_empty()
+    {
+        off = off.difference(OffloadSet::TSO_ECN);
+    }
+    if !off.contains(OffloadSet::USO4 | OffloadSet::USO6) {
+        off = off.difference(OffloadSet::USO4 | OffloadSet::USO6);
+    }
     let map = [
         (OffloadSet::CSUM, libc::TUN_F_CSUM),
         (OffloadSet::TSO4, libc::TUN_F_TSO4),
@@ -203,8 +223,8 @@ fn probe_rx_offloads(fd: &OwnedFd, target: &str) -> Result<OffloadSet> {
     Ok(found)
 }
 
-/// The MTU and MAC address of a link in the calling thread's network namespace.
-fn link_mtu_mac(name: &str) -> Result<(u16, MacAddr)> {
+/// The MTU of a link in the calling thread's network namespace.
+fn link_mtu(name: &str) -> Result<u16> {
     let sock = nix::sys::socket::socket(
         nix::sys::socket::AddressFamily::Inet,
         nix::sys::socket::SockType::Datagram,
@@ -217,13 +237,19 @@ fn link_mtu_mac(name: &str) -> Result<(u16, MacAddr)> {
     unsafe { ioctl::siocgifmtu(sock.as_raw_fd(), &mut req) }
         .map_err(|e| io_err("SIOCGIFMTU", name, e))?;
     let mtu = i32::from_ne_bytes([req.data[0], req.data[1], req.data[2], req.data[3]]);
-    let mut req = IfReq::new(name).map_err(|e| io_err("SIOCGIFHWADDR", name, e))?;
-    // SAFETY: as above, SIOCGIFHWADDR fills a sockaddr inside the ifreq.
-    unsafe { ioctl::siocgifhwaddr(sock.as_raw_fd(), &mut req) }
-        .map_err(|e| io_err("SIOCGIFHWADDR", name, e))?;
+    Ok(u16::try_from(mtu).unwrap_or(u16::MAX))
+}
+
+/// The device's MAC address, asked through a queue fd (tun and macvtap both answer
+/// `SIOCGIFHWADDR`), so it is right whatever namespace the caller is in.
+fn fd_mac(fd: &OwnedFd, target: &str) -> Result<MacAddr> {
+    let mut req = IfReq::new("x").map_err(|e| io_err("SIOCGIFHWADDR", target, e))?;
+    // SAFETY: SIOCGIFHWADDR fills a sockaddr inside the ifreq the pointer refers to.
+    unsafe { ioctl::siocgifhwaddr(fd.as_raw_fd(), &mut req) }
+        .map_err(|e| io_err("SIOCGIFHWADDR", target, e))?;
     let mut mac = [0u8; 6];
     mac.copy_from_slice(&req.data[2..8]);
-    Ok((u16::try_from(mtu).unwrap_or(u16::MAX), MacAddr(mac)))
+    Ok(MacAddr(mac))
 }
 
 /// Opens `/dev/net/tun` and attaches it to TAP `name` (creating it on the first open).
@@ -244,10 +270,10 @@ fn open_tun(name: &str, flags: libc::c_int) -> Result<(OwnedFd, String)> {
             )
         })?;
     let fd: OwnedFd = file.into();
-    let req = IfReq::with_flags(name, flags).map_err(|e| io_err("TUNSETIFF", name, e))?;
+    let mut req = IfReq::with_flags(name, flags).map_err(|e| io_err("TUNSETIFF", name, e))?;
     // SAFETY: TUNSETIFF reads (and updates) the ifreq the pointer refers to, valid for the
     // call.
-    unsafe { ioctl::tunsetiff(fd.as_raw_fd(), &req) }.map_err(|e| {
+    unsafe { ioctl::tunsetiff(fd.as_raw_fd(), &mut req) }.map_err(|e| {
         let hint = match e {
             Errno::EPERM => " (needs CAP_NET_ADMIN, or a persistent tap owned by this user)",
             Errno::EBUSY => " (the device exists without multi-queue, or is in use)",
@@ -428,6 +454,9 @@ struct Device {
     kind: Kind,
     fds: Vec<OwnedFd>,
     open: Vec<Arc<AtomicBool>>,
+    /// The receive offloads asked for, device-wide (`TUNSETOFFLOAD` applies to the device;
+    /// a detached tun queue refuses the ioctl, so attach applies it again).
+    offloads: Arc<AtomicU32>,
     caps: Capabilities,
 }
 
@@ -441,7 +470,16 @@ impl Device {
         };
         let target = format!("{} {name}", kind_name(kind));
         let rx = probe_rx_offloads(first, &target)?;
-        let (mtu, link_mac) = link_mtu_mac(&name)?;
+        // The MAC through the fd (it works in any namespace); the MTU by name, which a
+        // process in another namespace cannot see: then assume Ethernet's.
+        let link_mac = fd_mac(first, &target)?;
+        let mtu = match link_mtu(&name) {
+            Ok(m) => m,
+            Err(e) => {
+                log::warn!("{target}: {e}; assuming MTU 1500");
+                1500
+            }
+        };
         let caps = Capabilities {
             vnet_hdr: true,
             // Anything virtio_net_hdr_to_skb takes: the host stack segments in software what
@@ -466,6 +504,7 @@ impl Device {
             kind,
             fds,
             open,
+            offloads: Arc::new(AtomicU32::new(0)),
             caps,
         })
     }
@@ -490,14 +529,18 @@ impl Device {
                 index,
             });
         }
-        Ok(TapQueue {
+        let mut q = TapQueue {
             open: Arc::clone(&self.open[i]),
+            offloads: Arc::clone(&self.offloads),
             index,
             target: format!("{} queue {index}", self.backend_name()),
             fd,
             stats: QueueStats::default(),
             hdr: [0; VNET_HDR_LEN],
-        })
+        };
+        // Queue pairs open attached, whatever an earlier user left.
+        q.set_queue(true)?;
+        Ok(q)
     }
 
     fn try_clone_fds(&self) -> Result<Vec<OwnedFd>> {
@@ -661,11 +704,22 @@ impl Macvtap {
         let flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR | libc::IFF_MULTI_QUEUE;
         let target = format!("macvtap {ifname}");
         for fd in &fds {
-            let req =
+            let mut req =
                 IfReq::with_flags(ifname, flags).map_err(|e| io_err("TUNSETIFF", &target, e))?;
             // SAFETY: TUNSETIFF reads the ifreq the pointer refers to, valid for the call.
-            unsafe { ioctl::tunsetiff(fd.as_raw_fd(), &req) }
+            unsafe { ioctl::tunsetiff(fd.as_raw_fd(), &mut req) }
                 .map_err(|e| io_err("TUNSETIFF", &target, e))?;
+            // The fd must be this macvtap's (macvtap answers TUNGETIFF with its name).
+            let mut got = IfReq::new("x").map_err(|e| io_err("TUNGETIFF", &target, e))?;
+            // SAFETY: TUNGETIFF fills the ifreq the pointer refers to, valid for the call.
+            unsafe { ioctl::tungetiff(fd.as_raw_fd(), &mut got) }
+                .map_err(|e| io_err("TUNGETIFF", &target, e))?;
+            if got.name() != ifname {
+                return Err(Error::InvalidConfig {
+                    what: "macvtap fds",
+                    why: format!("an fd belongs to {}, not {ifname}", got.name()),
+                });
+            }
             prepare_fd(fd, &target)?;
         }
         let dev = Device::new(ifname.to_string(), Kind::Macvtap, fds, None)?;
@@ -694,6 +748,7 @@ impl Backend for Macvtap {
 #[derive(Debug)]
 pub struct TapQueue {
     open: Arc<AtomicBool>,
+    offloads: Arc<AtomicU32>,
     index: u16,
     target: String,
     fd: OwnedFd,
@@ -731,6 +786,17 @@ impl Drop for TapQueue {
 }
 
 impl TapQueue {
+    /// Programs the device's receive offloads; a detached tun queue cannot (EBADFD), and
+    /// the next attach does it.
+    fn apply_offloads(&mut self) -> Result<()> {
+        let flags = self.offloads.load(Ordering::Acquire);
+        // SAFETY: TUNSETOFFLOAD takes its argument by value.
+        match unsafe { ioctl::tunsetoffload(self.fd.as_raw_fd(), flags as libc::c_int) } {
+            Ok(_) | Err(Errno::EBADFD) => Ok(()),
+            Err(e) => Err(io_err("TUNSETOFFLOAD", &self.target, e)),
+        }
+    }
+
     fn set_queue(&mut self, attach: bool) -> Result<()> {
         let flag = if attach {
             libc::IFF_ATTACH_QUEUE
@@ -741,11 +807,16 @@ impl TapQueue {
             IfReq::with_flags("q", flag).map_err(|e| io_err("TUNSETQUEUE", &self.target, e))?;
         // SAFETY: TUNSETQUEUE reads the ifreq's flags through the pointer, valid for the call.
         match unsafe { ioctl::tunsetqueue(self.fd.as_raw_fd(), &req) } {
-            Ok(_) => Ok(()),
-            // Attaching an attached queue, detaching a detached one.
-            Err(Errno::EINVAL) if !attach => Ok(()),
-            Err(e) => Err(io_err("TUNSETQUEUE", &self.target, e)),
+            Ok(_) => {}
+            // Attaching an attached queue, detaching a detached one (both drivers say EINVAL;
+            // a tun device without IFF_MULTI_QUEUE too, and it has a single queue anyway).
+            Err(Errno::EINVAL) => {}
+            Err(e) => return Err(io_err("TUNSETQUEUE", &self.target, e)),
         }
+        if attach {
+            self.apply_offloads()?;
+        }
+        Ok(())
     }
 }
 
@@ -803,7 +874,9 @@ impl QueuePair for TapQueue {
 
     fn recv(&mut self, bufs: &mut [IoSliceMut<'_>]) -> Result<Option<RxFrame>> {
         let room: usize = bufs.iter().map(|b| b.len()).sum();
-        loop {
+        // Frames dropped in one call are bounded: the caller comes back (readiness is
+        // level-triggered) if more wait.
+        for _ in 0..64 {
             let n = {
                 let mut iov: Vec<IoSliceMut<'_>> = Vec::with_capacity(bufs.len() + 1);
                 iov.push(IoSliceMut::new(&mut self.hdr));
@@ -814,6 +887,12 @@ impl QueuePair for TapQueue {
                     Err(Errno::EINTR) => continue,
                     // A detached queue has nothing to read.
                     Err(Errno::EBADFD) => return Ok(None),
+                    // tun refuses to deliver one frame it cannot describe (an unexpected
+                    // GSO type): that frame is gone, the next one is fine.
+                    Err(Errno::EINVAL) => {
+                        self.stats.rx_drops.add(DropReason::MalformedHeader);
+                        continue;
+                    }
                     Err(e) => return Err(io_err("readv", &self.target, e)),
                 }
             };
@@ -835,13 +914,12 @@ impl QueuePair for TapQueue {
             self.stats.count_rx(len);
             return Ok(Some(RxFrame { hdr, len }));
         }
+        Ok(None)
     }
 
     fn set_rx_offloads(&mut self, offloads: OffloadSet) -> Result<()> {
-        // SAFETY: TUNSETOFFLOAD takes its argument by value.
-        unsafe { ioctl::tunsetoffload(self.fd.as_raw_fd(), tun_flags(offloads) as libc::c_int) }
-            .map_err(|e| io_err("TUNSETOFFLOAD", &self.target, e))?;
-        Ok(())
+        self.offloads.store(tun_flags(offloads), Ordering::Release);
+        self.apply_offloads()
     }
 
     fn set_attached(&mut self, attached: bool) -> Result<()> {

@@ -3,11 +3,9 @@
 //! on the rendered files in a private namespace, creating macvtaps in every mode and a zone
 //! bridge, one of whose macvtaps then carries an ARP exchange through the macvtap backend.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::IoSliceMut;
 use std::net::Ipv4Addr;
-use std::os::fd::OwnedFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -471,37 +469,11 @@ fn arp_reply_from(frame: &[u8], mac: MacAddr, from: Ipv4Addr) -> Option<MacAddr>
     is_reply.then(|| MacAddr(frame[22..28].try_into().expect("6 bytes")))
 }
 
-/// Opens the macvtap's queue device by the major:minor it has in `ns`, through a node of our
-/// own (`/dev/tap<ifindex>` is shared by every namespace and may name another device).
-fn open_macvtap(ns: &NetNs, name: &str, scratch: &Path) -> Macvtap {
-    let out = ns
-        .exec(&[
-            "sh",
-            "-c",
-            &format!("cat /sys/class/net/{name}/macvtap/tap*/dev"),
-        ])
-        .expect("read the macvtap's device number");
-    let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let (major, minor) = dev.split_once(':').expect("major:minor");
-    let node = scratch.join(format!("{name}.dev"));
-    let status = Command::new("mknod")
-        .arg(&node)
-        .args(["c", major, minor])
-        .status()
-        .expect("run mknod");
-    assert!(
-        status.success(),
-        "mknod {} c {major} {minor}",
-        node.display()
-    );
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(nix::libc::O_CLOEXEC | nix::libc::O_NONBLOCK)
-        .open(&node)
-        .expect("open the macvtap's queue device");
+/// Opens the networkd-made macvtap from inside its namespace (`Macvtap::open` finds the
+/// device through that namespace's own sysfs, not the global `/dev/tap<ifindex>`).
+fn open_macvtap(ns: &NetNs, name: &str, _scratch: &Path) -> Macvtap {
     let _in = ns.enter().expect("enter namespace");
-    Macvtap::from_fds(name, vec![OwnedFd::from(f)]).expect("macvtap backend")
+    Macvtap::open(name, 1).expect("macvtap backend")
 }
 
 #[test]

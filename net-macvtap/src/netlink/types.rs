@@ -119,6 +119,12 @@ pub fn validate_name(name: &str) -> Result<(), PlumbError> {
         Some("it contains whitespace")
     } else if name.contains('\0') {
         Some("it contains a NUL byte")
+    } else if name.contains('%') {
+        Some("it contains '%', which the kernel takes as a name template")
+    } else if name.contains('*') {
+        Some("it contains '*', which nftables takes as a wildcard")
+    } else if !name.is_ascii() {
+        Some("it is not ASCII")
     } else {
         None
     };

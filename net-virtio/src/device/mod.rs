@@ -560,6 +560,8 @@ impl<B: Backend, I: Interrupt> NetDevice<B, I> {
             p.tx = Some(TxPump::new(layout, translator));
             p.rx = None;
         }
+        // Attach pair 0 first: a detached TAP queue refuses TUNSETOFFLOAD.
+        self.set_active_pairs(1)?;
         self.guest_rx = self.acked & GUEST_OFFLOAD_BITS;
         self.apply_guest_offloads()?;
         self.filter = RxFilter::default();
