@@ -37,10 +37,12 @@ need_cargo_tool() {
 }
 
 # The packages the current crates need. g++ builds libFuzzer for the fuzz targets. The AF_XDP
-# backend (libelf-dev zlib1g-dev pkg-config m4 clang llvm) and the vhost-user rigs (qemu,
-# busybox-static, a kernel image) join this list with the crates that use them.
+# backend (libelf-dev zlib1g-dev pkg-config m4 clang llvm) joins this list with its crate.
 BUILD_DEBS=(g++ pkg-config)
 # What the privileged tests and the peer benchmarks run: iproute2 (namespaces, links),
 # nftables (the zone's NAT), iputils-ping, systemd (the real systemd-networkd), DPDK's
-# testpmd and its TAP PMD (the peer of the TAP/macvtap benchmark).
-TEST_DEBS=(iproute2 nftables iputils-ping systemd dpdk-dev librte-net-tap23)
+# testpmd with its TAP and virtio_user PMDs (peers of the TAP/macvtap benchmark and of the
+# vhost-user daemon), and the QEMU guest rig: qemu-system-x86, busybox-static, a Debian
+# kernel image and cpio (the initramfs).
+TEST_DEBS=(iproute2 nftables iputils-ping systemd dpdk-dev librte-net-tap23 librte-net-virtio23
+    qemu-system-x86 busybox-static linux-image-amd64 cpio)

@@ -392,9 +392,9 @@ where
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::REPLY_ACK
-            | VhostUserProtocolFeatures::CONFIG
+        // No CONFIG: QEMU's vhost-user-net keeps the config space itself and refuses a
+        // backend that offers it.
+        VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK
     }
 
     fn reset_device(&mut self) {
