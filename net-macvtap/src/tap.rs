@@ -640,21 +640,28 @@ impl Tap {
     }
 }
 
-impl Backend for Tap {
-    type Queue = TapQueue;
+/// Both backends are a [`Device`] of queue fds with a name.
+macro_rules! device_backend {
+    ($t:ty) => {
+        impl Backend for $t {
+            type Queue = TapQueue;
 
-    fn name(&self) -> &str {
-        &self.label
-    }
+            fn name(&self) -> &str {
+                &self.label
+            }
 
-    fn capabilities(&self) -> Capabilities {
-        self.dev.caps.clone()
-    }
+            fn capabilities(&self) -> Capabilities {
+                self.dev.caps.clone()
+            }
 
-    fn open_queue_pair(&mut self, index: u16) -> Result<TapQueue> {
-        self.dev.open_queue_pair(index)
-    }
+            fn open_queue_pair(&mut self, index: u16) -> Result<TapQueue> {
+                self.dev.open_queue_pair(index)
+            }
+        }
+    };
 }
+
+device_backend!(Tap);
 
 /// A macvtap link as a backend: its `/dev/tap<ifindex>` opened once per queue.
 #[derive(Debug)]
@@ -728,21 +735,7 @@ impl Macvtap {
     }
 }
 
-impl Backend for Macvtap {
-    type Queue = TapQueue;
-
-    fn name(&self) -> &str {
-        &self.label
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.dev.caps.clone()
-    }
-
-    fn open_queue_pair(&mut self, index: u16) -> Result<TapQueue> {
-        self.dev.open_queue_pair(index)
-    }
-}
+device_backend!(Macvtap);
 
 /// One queue of a TAP or macvtap device.
 #[derive(Debug)]

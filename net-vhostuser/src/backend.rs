@@ -19,9 +19,9 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, RwLock};
 
 use log::{info, warn};
-use net_api::{Backend, Capabilities, OffloadSet, QueuePair};
+use net_api::{Backend, Capabilities, QueuePair};
 use net_virtio::codec::HdrLayout;
-use net_virtio::features::{bit, guest_offloads, offload_features};
+use net_virtio::features::{bit, guest_offloads, offload_features, rx_plan};
 use net_virtio::pump::{PumpError, PumpOutcome, RxConfig, RxPump, TxPump};
 use net_virtio::translate::{RxTranslator, TxTranslator};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
@@ -231,20 +231,7 @@ impl<B: Backend> NetBackend<B> {
     fn configure_pumps(&mut self) {
         let layout = self.layout();
         let wanted = guest_offloads(self.acked);
-        let rx_caps = if self.caps.vnet_hdr {
-            self.caps.rx_offloads
-        } else {
-            OffloadSet::NONE
-        };
-        let enable = wanted & rx_caps;
-        let gso = !enable.difference(OffloadSet::CSUM).is_empty();
-        let max_frame = if gso {
-            self.caps.max_frame
-        } else {
-            self.caps
-                .max_frame
-                .min(usize::from(self.caps.mtu) + net_api::ether::ETH_HLEN + 4)
-        };
+        let (enable, max_frame) = rx_plan(&self.caps, wanted, self.caps.mtu);
         let mergeable = self.acked & bit(vn::VIRTIO_NET_F_MRG_RXBUF) != 0;
         let tx = TxTranslator::new(&self.caps);
         for p in &mut self.pairs {

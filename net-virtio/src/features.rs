@@ -88,6 +88,26 @@ pub fn host_offloads(acked: u64) -> OffloadSet {
         .fold(OffloadSet::NONE, |s, (_, off)| s | *off)
 }
 
+/// What receive offloads to enable in a backend for a guest's `GUEST_*` features, and the
+/// largest frame the backend may then deliver: a 64 KiB GSO frame when a segmentation offload
+/// is on, else an MTU-sized frame with one VLAN tag. `mtu` is what the guest was told.
+pub fn rx_plan(caps: &Capabilities, guest: OffloadSet, mtu: u16) -> (OffloadSet, usize) {
+    let rx_caps = if caps.vnet_hdr {
+        caps.rx_offloads
+    } else {
+        OffloadSet::NONE
+    };
+    let enable = guest & rx_caps;
+    let gso = !enable.difference(OffloadSet::CSUM).is_empty();
+    let max_frame = if gso {
+        caps.max_frame
+    } else {
+        caps.max_frame
+            .min(usize::from(mtu) + net_api::ether::ETH_HLEN + net_api::ether::VLAN_HLEN)
+    };
+    (enable, max_frame)
+}
+
 /// A feature present without one it depends on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("virtio-net feature {feature} requires {requires}, which is absent")]

@@ -50,6 +50,21 @@ pub struct Desc {
     pub write: bool,
 }
 
+impl Desc {
+    /// The descriptor flags for this buffer in a chain (`NEXT` unless `last`).
+    fn flags(&self, last: bool) -> u16 {
+        let mut flags = if self.write {
+            VRING_DESC_F_WRITE as u16
+        } else {
+            0
+        };
+        if !last {
+            flags |= VRING_DESC_F_NEXT as u16;
+        }
+        flags
+    }
+}
+
 /// The driver's side of one split virtqueue.
 #[derive(Debug)]
 pub struct MockQueue {
@@ -160,14 +175,7 @@ impl MockQueue {
         let ids: Vec<u16> = (0..descs.len()).filter_map(|_| self.free.pop()).collect();
         for (i, d) in descs.iter().enumerate() {
             let last = i + 1 == descs.len();
-            let mut flags = if d.write {
-                VRING_DESC_F_WRITE as u16
-            } else {
-                0
-            };
-            if !last {
-                flags |= VRING_DESC_F_NEXT as u16;
-            }
+            let flags = d.flags(last);
             let next = if last { 0 } else { ids[i + 1] };
             self.write_desc(mem, ids[i], d.addr, d.len, flags, next);
         }
@@ -187,14 +195,7 @@ impl MockQueue {
         let id = self.free.pop()?;
         for (i, d) in descs.iter().enumerate() {
             let last = i + 1 == descs.len();
-            let mut flags = if d.write {
-                VRING_DESC_F_WRITE as u16
-            } else {
-                0
-            };
-            if !last {
-                flags |= VRING_DESC_F_NEXT as u16;
-            }
+            let flags = d.flags(last);
             let at = GuestAddress(table + 16 * i as u64);
             mem.write_obj(d.addr.to_le(), at).expect("indirect");
             mem.write_obj(d.len.to_le(), at.unchecked_add(8))

@@ -22,7 +22,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 
 use log::{info, warn};
-use net_api::{Backend, Capabilities, Interest, MacAddr, OffloadSet, QueuePair, RxFilter};
+use net_api::{Backend, Capabilities, Interest, MacAddr, QueuePair, RxFilter};
 use virtio_bindings::virtio_config as vc;
 use virtio_bindings::virtio_net as vn;
 use virtio_bindings::virtio_ring as vr;
@@ -37,7 +37,7 @@ pub use types::{CtrlStats, DeviceConfig, DeviceError, DeviceStats, Event, Watch}
 
 use crate::codec::HdrLayout;
 use crate::ctrl::GUEST_OFFLOAD_BITS;
-use crate::features::{bit, check_dependencies, guest_offloads, offload_features};
+use crate::features::{bit, check_dependencies, guest_offloads, offload_features, rx_plan};
 use crate::guest::Seg;
 use crate::irq::{Interrupt, IrqCause};
 use crate::pump::{PumpError, PumpOutcome, RxConfig, RxPump, TxPump};
@@ -591,20 +591,7 @@ impl<B: Backend, I: Interrupt> NetDevice<B, I> {
     /// Programs the receive offloads in force into the backend and the receive pumps.
     fn apply_guest_offloads(&mut self) -> Result<(), DeviceError> {
         let wanted = guest_offloads(self.guest_rx);
-        let rx_caps = if self.caps.vnet_hdr {
-            self.caps.rx_offloads
-        } else {
-            OffloadSet::NONE
-        };
-        let enable = wanted & rx_caps;
-        let gso = !enable.difference(OffloadSet::CSUM).is_empty();
-        let max_frame = if gso {
-            self.caps.max_frame
-        } else {
-            self.caps
-                .max_frame
-                .min(usize::from(self.mtu) + net_api::ether::ETH_HLEN + net_api::ether::VLAN_HLEN)
-        };
+        let (enable, max_frame) = rx_plan(&self.caps, wanted, self.mtu);
         let layout = HdrLayout::from_features(self.acked);
         let mergeable = self.has(vn::VIRTIO_NET_F_MRG_RXBUF);
         for p in &mut self.pairs {
