@@ -222,41 +222,54 @@ impl LoopbackQueue {
             .find(|l| l.attached.load(Ordering::Acquire))
             .cloned();
         for frame in frames {
-            let len = frame.len();
             let Some(link) = &target else {
                 self.stats.tx_drops.add(DropReason::HostError);
                 continue;
             };
-            let mut st = link.lock();
-            if st.frames.len() >= link.capacity || len > self.caps.max_frame || len < ETH_HLEN {
-                self.stats.tx_drops.add(if len > self.caps.max_frame {
-                    DropReason::TooLarge
-                } else if len < ETH_HLEN {
-                    DropReason::Runt
-                } else {
-                    DropReason::HostError
-                });
-                continue;
-            }
-            let mut data = st.spare.pop().unwrap_or_default();
-            data.clear();
-            for s in frame.data {
-                data.extend_from_slice(s);
-            }
-            if let Some(reason) = self.header_refusal(&frame.hdr, &data, self.caps.tx_offloads) {
+            if let Some(reason) = self.size_refusal(frame.len()) {
                 self.stats.tx_drops.add(reason);
-                st.spare.push(data);
                 continue;
             }
-            let hdr = VirtioNetHdr {
-                num_buffers: 0,
-                ..frame.hdr
-            };
-            st.frames.push_back(Packet { hdr, data });
-            self.stats.count_tx(len);
-            link.readable.ring(&mut st.readable_armed)?;
+            let mut st = link.lock();
+            if st.frames.len() >= link.capacity {
+                self.stats.tx_drops.add(DropReason::HostError);
+                continue;
+            }
+            self.enqueue(link, &mut st, frame)?;
         }
         Ok(frames.len())
+    }
+
+    /// Why a frame of `len` bytes cannot be sent, if it cannot.
+    fn size_refusal(&self, len: usize) -> Option<DropReason> {
+        if len > self.caps.max_frame {
+            Some(DropReason::TooLarge)
+        } else if len < ETH_HLEN {
+            Some(DropReason::Runt)
+        } else {
+            None
+        }
+    }
+
+    /// Copies a frame into `link` (which has room), or counts why its header cannot cross.
+    fn enqueue(&mut self, link: &Link, st: &mut LinkState, frame: &TxFrame<'_>) -> Result<()> {
+        let mut data = st.spare.pop().unwrap_or_default();
+        data.clear();
+        for s in frame.data {
+            data.extend_from_slice(s);
+        }
+        if let Some(reason) = self.header_refusal(&frame.hdr, &data, self.caps.tx_offloads) {
+            self.stats.tx_drops.add(reason);
+            st.spare.push(data);
+            return Ok(());
+        }
+        let hdr = VirtioNetHdr {
+            num_buffers: 0,
+            ..frame.hdr
+        };
+        self.stats.count_tx(data.len());
+        st.frames.push_back(Packet { hdr, data });
+        link.readable.ring(&mut st.readable_armed)
     }
 
     /// Why a frame with this header cannot cross, if it cannot.
@@ -298,39 +311,19 @@ impl QueuePair for LoopbackQueue {
         if !self.tx.attached.load(Ordering::Acquire) {
             return self.send_steered(frames);
         }
-        let mut st = self.tx.lock();
+        let link = Arc::clone(&self.tx);
+        let mut st = link.lock();
         for (done, frame) in frames.iter().enumerate() {
-            let len = frame.len();
-            if len > self.caps.max_frame {
-                self.stats.tx_drops.add(DropReason::TooLarge);
+            if let Some(reason) = self.size_refusal(frame.len()) {
+                self.stats.tx_drops.add(reason);
                 continue;
             }
-            if len < ETH_HLEN {
-                self.stats.tx_drops.add(DropReason::Runt);
-                continue;
-            }
-            if st.frames.len() >= self.tx.capacity {
-                self.tx.writable.clear(&mut st.writable_armed)?;
+            if st.frames.len() >= link.capacity {
+                link.writable.clear(&mut st.writable_armed)?;
                 self.stats.tx_would_block += 1;
                 return Ok(done);
             }
-            let mut data = st.spare.pop().unwrap_or_default();
-            data.clear();
-            for s in frame.data {
-                data.extend_from_slice(s);
-            }
-            if let Some(reason) = self.header_refusal(&frame.hdr, &data, self.caps.tx_offloads) {
-                self.stats.tx_drops.add(reason);
-                st.spare.push(data);
-                continue;
-            }
-            let hdr = VirtioNetHdr {
-                num_buffers: 0,
-                ..frame.hdr
-            };
-            st.frames.push_back(Packet { hdr, data });
-            self.stats.count_tx(len);
-            self.tx.readable.ring(&mut st.readable_armed)?;
+            self.enqueue(&link, &mut st, frame)?;
         }
         Ok(frames.len())
     }
