@@ -19,7 +19,6 @@
 //! queue: index `2N` with `VIRTIO_NET_F_MQ` (N queue pairs), index 2 without.
 
 use std::io;
-use std::os::fd::AsRawFd;
 
 use log::{info, warn};
 use net_api::{Backend, Capabilities, Interest, MacAddr, QueuePair, RxFilter};
@@ -833,13 +832,5 @@ impl<B: Backend, I: Interrupt> NetDevice<B, I> {
             ctrl: self.ctrl_stats,
             needs_reset: self.needs_reset,
         }
-    }
-
-    /// The raw fd numbers of [`NetDevice::watches`], for loops that key by fd.
-    pub fn watch_fds(&self) -> Vec<(i32, Event)> {
-        self.watches()
-            .iter()
-            .map(|w| (w.fd.as_raw_fd(), w.event))
-            .collect()
     }
 }

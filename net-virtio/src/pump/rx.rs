@@ -136,17 +136,6 @@ impl RxPump {
         self.held.len()
     }
 
-    /// Forgets held buffers and any half-delivered frame (device reset: the guest owns its
-    /// buffers again).
-    pub fn reset(&mut self) {
-        self.held.clear();
-        self.held_segs.clear();
-        self.held_cap = 0;
-        self.pending = None;
-        self.out_hdr = None;
-        self.waiting = false;
-    }
-
     /// Gives every held buffer back to the guest with length 0 and drops a frame waiting in
     /// the pump (counted), so that the queue's state (`next_avail`, `next_used`) describes
     /// every buffer: call before saving the queue for a snapshot or a migration.

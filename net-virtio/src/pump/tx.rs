@@ -96,13 +96,6 @@ impl TxPump {
         self.blocked
     }
 
-    /// Forgets a half-sent frame and the blocked state (device reset). Chains held are not
-    /// returned: after a reset the guest owns every buffer again.
-    pub fn reset(&mut self) {
-        self.pending = None;
-        self.blocked = false;
-    }
-
     /// Completes a half-sent frame's chain without sending the rest (counted as a drop), so
     /// that the queue's state describes every buffer: call before saving the queue.
     pub fn release<M: GuestMemory>(
