@@ -627,63 +627,26 @@ fn config_space_and_offered_features_follow_the_backend() {
     assert_eq!(offered & f(vn::VIRTIO_NET_F_MQ), 0, "one pair: no MQ");
 }
 
-/// A backend that delivers offloaded frames whatever the guest enabled (one that cannot turn
-/// receive offloads off): the device must complete checksums and segment in software.
-struct Greedy(net_api::loopback::Loopback);
-struct GreedyQueue(net_api::loopback::LoopbackQueue);
-
-impl net_api::Backend for Greedy {
-    type Queue = GreedyQueue;
-    fn name(&self) -> &str {
-        "greedy"
-    }
-    fn capabilities(&self) -> net_api::Capabilities {
-        self.0.capabilities()
-    }
-    fn open_queue_pair(&mut self, index: u16) -> net_api::Result<GreedyQueue> {
-        let mut q = self.0.open_queue_pair(index)?;
-        q.set_rx_offloads(OffloadSet::ALL)?;
-        Ok(GreedyQueue(q))
-    }
-}
-
-impl QueuePair for GreedyQueue {
-    fn index(&self) -> u16 {
-        self.0.index()
-    }
-    fn send(&mut self, frames: &[net_api::TxFrame<'_>]) -> net_api::Result<usize> {
-        self.0.send(frames)
-    }
-    fn recv(
-        &mut self,
-        bufs: &mut [std::io::IoSliceMut<'_>],
-    ) -> net_api::Result<Option<net_api::RxFrame>> {
-        self.0.recv(bufs)
-    }
-    fn set_rx_offloads(&mut self, _: OffloadSet) -> net_api::Result<()> {
-        Ok(())
-    }
-    fn set_attached(&mut self, attached: bool) -> net_api::Result<()> {
-        self.0.set_attached(attached)
-    }
-    fn rx_readiness(&self) -> net_api::Readiness<'_> {
-        self.0.rx_readiness()
-    }
-    fn tx_readiness(&self) -> net_api::Readiness<'_> {
-        self.0.tx_readiness()
-    }
-    fn stats(&self) -> net_api::QueueStats {
-        self.0.stats()
-    }
-}
-
 #[test]
 fn received_offloads_the_guest_did_not_take_are_done_in_software() {
     use net_api::Backend as _;
     let (host, mut net) = net_api::loopback::pair(lb(true, 1)).expect("pair");
     let irq: Irq = Box::new(|_| Ok(()));
-    let mut dev =
-        net_virtio::NetDevice::new(Greedy(host), DeviceConfig::default(), irq).expect("device");
+    let mut dev = net_virtio::NetDevice::new(
+        // A backend that delivers offloaded frames whatever the guest enabled (one that cannot
+        // turn receive offloads off): the device must complete checksums and segment in
+        // software.
+        Misbehaving(
+            host,
+            Faults {
+                ignore_rx_offloads: true,
+                ..Default::default()
+            },
+        ),
+        DeviceConfig::default(),
+        irq,
+    )
+    .expect("device");
     let mut drv = net_virtio::mock::MockDriver::new(MEM, dev.num_queues(), QSIZE);
     // No GUEST_* offload at all; big buffers (the backend does not keep to the contract, so
     // only a buffer that holds its 64 KiB frame can take it).

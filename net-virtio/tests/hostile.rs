@@ -597,72 +597,15 @@ fn a_frame_larger_than_every_buffer_the_ring_can_hold_is_dropped_not_spun_on() {
     assert!(rx.frames >= 1, "the small frame got through");
 }
 
-/// A backend whose `send` fails on demand.
-struct Flaky(
-    net_api::loopback::Loopback,
-    std::sync::Arc<std::sync::atomic::AtomicBool>,
-);
-struct FlakyQueue(
-    net_api::loopback::LoopbackQueue,
-    std::sync::Arc<std::sync::atomic::AtomicBool>,
-);
-
-impl net_api::Backend for Flaky {
-    type Queue = FlakyQueue;
-    fn name(&self) -> &str {
-        "flaky"
-    }
-    fn capabilities(&self) -> net_api::Capabilities {
-        self.0.capabilities()
-    }
-    fn open_queue_pair(&mut self, index: u16) -> net_api::Result<FlakyQueue> {
-        Ok(FlakyQueue(self.0.open_queue_pair(index)?, self.1.clone()))
-    }
-}
-
-impl net_api::QueuePair for FlakyQueue {
-    fn index(&self) -> u16 {
-        self.0.index()
-    }
-    fn send(&mut self, frames: &[net_api::TxFrame<'_>]) -> net_api::Result<usize> {
-        if self.1.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(net_api::Error::Disconnected {
-                target: "flaky".into(),
-                why: "test".into(),
-            });
-        }
-        self.0.send(frames)
-    }
-    fn recv(
-        &mut self,
-        bufs: &mut [std::io::IoSliceMut<'_>],
-    ) -> net_api::Result<Option<net_api::RxFrame>> {
-        self.0.recv(bufs)
-    }
-    fn set_rx_offloads(&mut self, o: net_api::OffloadSet) -> net_api::Result<()> {
-        self.0.set_rx_offloads(o)
-    }
-    fn set_attached(&mut self, a: bool) -> net_api::Result<()> {
-        self.0.set_attached(a)
-    }
-    fn rx_readiness(&self) -> net_api::Readiness<'_> {
-        self.0.rx_readiness()
-    }
-    fn tx_readiness(&self) -> net_api::Readiness<'_> {
-        self.0.tx_readiness()
-    }
-    fn stats(&self) -> net_api::QueueStats {
-        self.0.stats()
-    }
-}
-
 #[test]
 fn a_failing_backend_loses_no_guest_chain() {
-    let fail = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // A backend whose `send` fails on demand.
+    let faults = Faults::default();
+    let fail = faults.fail_send.clone();
     let (host, mut net) = net_api::loopback::pair(LoopbackConfig::default()).expect("pair");
     let irq: Irq = Box::new(|_| Ok(()));
     let mut dev =
-        NetDevice::new(Flaky(host, fail.clone()), DeviceConfig::default(), irq).expect("device");
+        NetDevice::new(Misbehaving(host, faults), DeviceConfig::default(), irq).expect("device");
     let mut drv = MockDriver::new(MEM, dev.num_queues(), QSIZE);
     drv.start(&mut dev, v1()).expect("start");
     let mut peer = net.open_queue_pair(0).expect("peer");

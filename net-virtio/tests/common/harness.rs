@@ -196,3 +196,71 @@ pub fn combos(offloads: bool) -> Vec<(&'static str, u64)> {
         ),
     ]
 }
+
+/// How a [`Misbehaving`] backend breaks the contract.
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    /// Deliver every offload whatever the guest enabled (`set_rx_offloads` is ignored).
+    pub ignore_rx_offloads: bool,
+    /// `send` fails while this is set.
+    pub fail_send: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// A loopback end that misbehaves as [`Faults`] says.
+pub struct Misbehaving(pub Loopback, pub Faults);
+
+/// A queue pair of [`Misbehaving`].
+pub struct MisbehavingQueue(LoopbackQueue, Faults);
+
+impl Backend for Misbehaving {
+    type Queue = MisbehavingQueue;
+    fn name(&self) -> &str {
+        "misbehaving"
+    }
+    fn capabilities(&self) -> net_api::Capabilities {
+        self.0.capabilities()
+    }
+    fn open_queue_pair(&mut self, index: u16) -> net_api::Result<MisbehavingQueue> {
+        let mut q = self.0.open_queue_pair(index)?;
+        if self.1.ignore_rx_offloads {
+            q.set_rx_offloads(net_api::OffloadSet::ALL)?;
+        }
+        Ok(MisbehavingQueue(q, self.1.clone()))
+    }
+}
+
+impl QueuePair for MisbehavingQueue {
+    fn index(&self) -> u16 {
+        self.0.index()
+    }
+    fn send(&mut self, frames: &[TxFrame<'_>]) -> net_api::Result<usize> {
+        if self.1.fail_send.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(net_api::Error::Disconnected {
+                target: "misbehaving".into(),
+                why: "test".into(),
+            });
+        }
+        self.0.send(frames)
+    }
+    fn recv(&mut self, bufs: &mut [IoSliceMut<'_>]) -> net_api::Result<Option<RxFrame>> {
+        self.0.recv(bufs)
+    }
+    fn set_rx_offloads(&mut self, o: net_api::OffloadSet) -> net_api::Result<()> {
+        if self.1.ignore_rx_offloads {
+            return Ok(());
+        }
+        self.0.set_rx_offloads(o)
+    }
+    fn set_attached(&mut self, a: bool) -> net_api::Result<()> {
+        self.0.set_attached(a)
+    }
+    fn rx_readiness(&self) -> net_api::Readiness<'_> {
+        self.0.rx_readiness()
+    }
+    fn tx_readiness(&self) -> net_api::Readiness<'_> {
+        self.0.tx_readiness()
+    }
+    fn stats(&self) -> net_api::QueueStats {
+        self.0.stats()
+    }
+}
