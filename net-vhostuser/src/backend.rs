@@ -15,7 +15,7 @@
 //! `GET_VRING_BASE` (the frontend stopping a queue, before a migration or a reconnect) first
 //! gives back every buffer the pumps hold, with length 0, so the base it reports covers them.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::{Arc, RwLock};
 
 use log::{info, warn};
@@ -30,7 +30,7 @@ use virtio_bindings::virtio_config as vc;
 use virtio_bindings::virtio_net as vn;
 use virtio_bindings::virtio_ring as vr;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
-use vmm_sys_util::epoll::{ControlOperation, EpollEvent, EventSet};
+use vmm_sys_util::epoll::EventSet;
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES`.
 const PROTOCOL_FEATURES: u64 = 1 << 30;
@@ -79,7 +79,8 @@ pub struct NetBackend<B: Backend> {
     acked: u64,
     event_idx: bool,
     mem: Option<Mem>,
-    epoll: Option<RawFd>,
+    /// Our own handle (a dup) on the worker's epoll.
+    epoll: Option<nix::sys::epoll::Epoll>,
     /// The vrings, as last seen in `handle_event` (to give buffers back in `stop_vring`).
     vrings: Vec<VringRwLock<Mem>>,
     _backend: B,
@@ -175,8 +176,12 @@ impl<B: Backend> NetBackend<B> {
 
     /// Tells the backend the worker's epoll fd (from `VhostUserDaemon::get_epoll_handlers`),
     /// so it can watch its own readiness fds there.
-    pub fn set_epoll(&mut self, epoll: RawFd) {
-        self.epoll = Some(epoll);
+    pub fn set_epoll(&mut self, epoll: RawFd) -> std::io::Result<()> {
+        // SAFETY: `epoll` is the worker's epoll fd, open for as long as the daemon the caller
+        // holds; it is borrowed only to duplicate it once.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(epoll) };
+        self.epoll = Some(nix::sys::epoll::Epoll(borrowed.try_clone_to_owned()?));
+        Ok(())
     }
 
     fn num_queues(&self) -> usize {
@@ -189,7 +194,8 @@ impl<B: Backend> NetBackend<B> {
     }
 
     fn watch(&mut self, p: usize, tx: bool, on: bool) {
-        let Some(epfd) = self.epoll else {
+        use nix::sys::epoll::{EpollEvent, EpollFlags};
+        let Some(ep) = self.epoll.as_ref() else {
             return;
         };
         let data = self.fd_event(p, tx);
@@ -208,17 +214,15 @@ impl<B: Backend> NetBackend<B> {
             pair.queue.rx_readiness()
         };
         let events = match r.interest {
-            net_api::Interest::Readable => EventSet::IN,
-            net_api::Interest::Writable => EventSet::OUT,
+            net_api::Interest::Readable => EpollFlags::EPOLLIN,
+            net_api::Interest::Writable => EpollFlags::EPOLLOUT,
         };
-        // The worker's epoll is an fd we did not open; wrap it only for the call.
-        let ep = EpollRef(epfd);
-        let op = if on {
-            ControlOperation::Add
+        let res = if on {
+            ep.add(r.fd, EpollEvent::new(events, data))
         } else {
-            ControlOperation::Delete
+            ep.delete(r.fd)
         };
-        match ep.ctl(op, r.fd.as_raw_fd(), EpollEvent::new(events, data)) {
+        match res {
             Ok(()) => *watched = on,
             Err(e) => warn!("{}: epoll_ctl for queue pair {p}: {e}", self.name),
         }
@@ -318,33 +322,6 @@ impl<B: Backend> NetBackend<B> {
                 break;
             }
         }
-    }
-}
-
-/// An epoll fd owned elsewhere (the daemon's worker).
-struct EpollRef(RawFd);
-
-impl EpollRef {
-    fn ctl(&self, op: ControlOperation, fd: RawFd, ev: EpollEvent) -> std::io::Result<()> {
-        use nix::sys::epoll::{Epoll as NixEpoll, EpollEvent as E, EpollFlags};
-        use std::os::fd::BorrowedFd;
-        // SAFETY: `self.0` is the worker's epoll fd, open while the daemon (which the caller
-        // holds) runs; it is borrowed only to duplicate it.
-        let borrowed = unsafe { BorrowedFd::borrow_raw(self.0) };
-        let ep = NixEpoll(borrowed.try_clone_to_owned()?);
-        // SAFETY: `fd` is a queue fd owned by the backend for as long as it is registered.
-        let target = unsafe { BorrowedFd::borrow_raw(fd) };
-        match op {
-            ControlOperation::Add => ep.add(
-                target,
-                E::new(
-                    EpollFlags::from_bits_truncate(ev.events() as i32),
-                    ev.data(),
-                ),
-            ),
-            _ => ep.delete(target),
-        }
-        .map_err(std::io::Error::from)
     }
 }
 

@@ -220,7 +220,8 @@ where
         shared
             .write()
             .map_err(|_| "backend lock poisoned")?
-            .set_epoll(h.as_raw_fd());
+            .set_epoll(h.as_raw_fd())
+            .map_err(|e| format!("the worker's epoll: {e}"))?;
     }
     let mut listener = vhost::vhost_user::Listener::new(&args.socket, true)
         .map_err(|e| format!("listening on {}: {e}", args.socket.display()))?;
