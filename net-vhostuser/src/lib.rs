@@ -8,3 +8,4 @@
 //! crate) and the `volt-net serve` command are still to come (issue 5).
 
 pub mod backend;
+pub mod server;

@@ -4,9 +4,10 @@
 //!   networking: eth0 comes up with the virtio_net driver, the guest pings the slirp gateway
 //!   and downloads a blob from a server in this test (through a `guestfwd`, with the guest
 //!   otherwise isolated by `restrict=on`), and the boot time is printed.
-//! - `vhost_user_*` (ignored until `volt-net serve` lands, issue 5) do the same download
-//!   through `volt-net serve` over a TAP in a namespace of their own, the NIC being a
-//!   vhost-user-net device served by our daemon.
+//! - `vhost_user_*` do the same download (32 MiB) through `volt-net serve` over a TAP in a
+//!   namespace of their own, the NIC being a vhost-user-net device served by our daemon: one
+//!   and two queue pairs, mergeable receive buffers on and off; and a daemon killed while the
+//!   guest is up, replaced, and reconnected to.
 //!
 //! Every test prints `SKIPPED <test>: <reason>` and passes when it cannot run here: not root,
 //! no `qemu-system-x86_64`, no Debian kernel image, busybox-static or cpio.
@@ -15,7 +16,7 @@
 mod guest;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -129,6 +130,24 @@ fn serve_binary() -> Option<PathBuf> {
         .or_else(|| option_env!("CARGO_BIN_EXE_volt-net-serve").map(PathBuf::from))
 }
 
+/// A directory removed when dropped (the test's socket lives there).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(test: &str) -> TempDir {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("socket directory");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The daemon, killed when dropped.
 struct Daemon(Child);
 
@@ -139,33 +158,44 @@ impl Drop for Daemon {
     }
 }
 
-/// Boots a guest whose NIC is a vhost-user-net device served by `volt-net serve` over a TAP
-/// (`vt0`, 10.0.2.1/24) in a namespace of its own, and downloads 32 MiB of random bytes from
-/// a server bound to the TAP's address there; checks the hash, the driver and the queues.
-fn vhost_user_download(test: &str, queues: u16, mrg_rxbuf: bool) {
-    use net_macvtap::testns::NetNs;
-
-    let Some(image) = image_or_skip(test) else {
-        return;
-    };
+/// What a vhost-user test needs: the guest image, the daemon's binary, a namespace for the
+/// TAP, the socket's path and its directory (removed when dropped); `None` after printing why
+/// `test` is skipped.
+fn vhost_user_rig(
+    test: &str,
+    ns_tag: &str,
+) -> Option<(
+    GuestImage,
+    PathBuf,
+    net_macvtap::testns::NetNs,
+    PathBuf,
+    TempDir,
+)> {
+    let image = image_or_skip(test)?;
     let Some(serve) = serve_binary() else {
         println!("SKIPPED {test}: no volt-net serve binary (set VOLT_NET_SERVE)");
-        return;
+        return None;
     };
-    let ns = NetNs::new("vhu").expect("creating a network namespace");
-    let dir =
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{test}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("socket directory");
-    let sock = dir.join("vhost-user.sock");
-    let _ = std::fs::remove_file(&sock);
+    let ns = net_macvtap::testns::NetNs::new(ns_tag).expect("creating a network namespace");
+    let dir = TempDir::new(test);
+    let sock = dir.0.join("vhost-user.sock");
+    Some((image, serve, ns, sock, dir))
+}
 
-    // The daemon creates the TAP in the namespace, then listens; QEMU is the client.
-    let mut daemon = Command::new("ip");
-    daemon
-        .args(["netns", "exec", ns.name()])
-        .arg(&serve)
+/// `volt-net serve --backend tap --iface vt0` in namespace `ns`, listening on `sock`.
+fn start_daemon(
+    serve: &Path,
+    ns: &net_macvtap::testns::NetNs,
+    sock: &Path,
+    queues: u16,
+    mrg_rxbuf: bool,
+) -> Daemon {
+    let _ = std::fs::remove_file(sock);
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns.name()])
+        .arg(serve)
         .arg("--socket")
-        .arg(&sock)
+        .arg(sock)
         .args([
             "--backend",
             "tap",
@@ -176,9 +206,9 @@ fn vhost_user_download(test: &str, queues: u16, mrg_rxbuf: bool) {
         ])
         .stdin(Stdio::null());
     if !mrg_rxbuf {
-        daemon.arg("--no-mrg-rxbuf");
+        cmd.arg("--no-mrg-rxbuf");
     }
-    let mut daemon = Daemon(daemon.spawn().expect("starting volt-net serve"));
+    let mut daemon = Daemon(cmd.spawn().expect("starting volt-net serve"));
     let deadline = Instant::now() + Duration::from_secs(20);
     while !sock.exists() {
         if let Ok(Some(status)) = daemon.0.try_wait() {
@@ -191,6 +221,19 @@ fn vhost_user_download(test: &str, queues: u16, mrg_rxbuf: bool) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    daemon
+}
+
+/// Boots a guest whose NIC is a vhost-user-net device served by `volt-net serve` over a TAP
+/// (`vt0`, 10.0.2.1/24) in a namespace of its own, and downloads 32 MiB of random bytes from
+/// a server bound to the TAP's address there; checks the hash, the driver and the queues.
+fn vhost_user_download(test: &str, queues: u16, mrg_rxbuf: bool) {
+    let Some((image, serve, ns, sock, _dir)) = vhost_user_rig(test, "vhu") else {
+        return;
+    };
+
+    // The daemon creates the TAP in the namespace, then listens; QEMU is the client.
+    let _daemon = start_daemon(&serve, &ns, &sock, queues, mrg_rxbuf);
     ns.exec(&["ip", "addr", "add", "10.0.2.1/24", "dev", "vt0"])
         .expect("address on vt0");
     ns.exec(&["ip", "link", "set", "vt0", "up"])
@@ -262,19 +305,131 @@ fn vhost_user_download(test: &str, queues: u16, mrg_rxbuf: bool) {
 }
 
 #[test]
-#[ignore = "issue 5: volt-net-serve does not yet complete the handshake with QEMU (SET_OWNER on a reused handler, SET_VRING_ENABLE before SET_FEATURES)"]
 fn vhost_user_one_queue_mergeable() {
     vhost_user_download("vhost_user_one_queue_mergeable", 1, true);
 }
 
 #[test]
-#[ignore = "issue 5: volt-net-serve does not yet complete the handshake with QEMU (SET_OWNER on a reused handler, SET_VRING_ENABLE before SET_FEATURES)"]
 fn vhost_user_two_queues_mergeable() {
     vhost_user_download("vhost_user_two_queues_mergeable", 2, true);
 }
 
 #[test]
-#[ignore = "issue 5: volt-net-serve does not yet complete the handshake with QEMU (SET_OWNER on a reused handler, SET_VRING_ENABLE before SET_FEATURES)"]
 fn vhost_user_two_queues_big_buffers() {
     vhost_user_download("vhost_user_two_queues_big_buffers", 2, false);
+}
+
+/// The daemon dies (SIGKILL) while the guest is up and a new one takes the socket: QEMU
+/// (`reconnect=1`) connects again and the guest's traffic flows with no reboot. The TAP is
+/// persistent here, so its address outlives the daemon.
+#[test]
+fn vhost_user_reconnect_after_the_daemon_dies() {
+    const TEST: &str = "vhost_user_reconnect_after_the_daemon_dies";
+
+    let Some((image, serve, ns, sock, _dir)) = vhost_user_rig(TEST, "vhr") else {
+        return;
+    };
+    ns.exec(&[
+        "ip",
+        "tuntap",
+        "add",
+        "dev",
+        "vt0",
+        "mode",
+        "tap",
+        "multi_queue",
+        "vnet_hdr",
+    ])
+    .expect("a persistent TAP");
+    ns.exec(&["ip", "addr", "add", "10.0.2.1/24", "dev", "vt0"])
+        .expect("address on vt0");
+    ns.exec(&["ip", "link", "set", "vt0", "up"])
+        .expect("vt0 up");
+
+    let first = guest::random_blob(1 << 20);
+    let blob = guest::random_blob(8 << 20);
+    let want_first = guest::sha256_hex(&first).expect("sha256");
+    let want = guest::sha256_hex(&blob).expect("sha256");
+    let (servers, daemon) = {
+        let _inside = ns.enter().expect("entering the namespace");
+        let a = guest::serve_blob(
+            SocketAddr::from(([10, 0, 2, 1], 8080)),
+            first,
+            Duration::from_secs(120),
+        )
+        .expect("binding the first server");
+        let b = guest::serve_blob(
+            SocketAddr::from(([10, 0, 2, 1], 8081)),
+            blob,
+            Duration::from_secs(180),
+        )
+        .expect("binding the second server");
+        ((a.1, b.1), start_daemon(&serve, &ns, &sock, 1, true))
+    };
+    // The guest downloads from the first server, waits while the daemon is replaced, pings
+    // until the link works again, and downloads from the second.
+    let cmd = "wget -q -O - http://$PEER:8080/first | sha256sum\n\
+               sleep 3\n\
+               n=0; until ping -c1 -W1 $PEER >/dev/null; do n=$((n+1)); [ $n -ge 60 ] && break; done\n\
+               echo lost-pings=$n\n\
+               wget -q -O - http://$PEER:8081/blob | sha256sum\n";
+    let opts = guest::BootOptions {
+        peer: "10.0.2.1".into(),
+        gateway: None,
+        timeout: Duration::from_secs(240),
+        ..guest::BootOptions::default()
+    };
+    let (first_server, second_server) = servers;
+    let sock2 = sock.clone();
+    let replacer = std::thread::spawn(move || {
+        // Once the first download is served, the daemon dies and another one comes.
+        let served = first_server.join().expect("first server thread");
+        let mut old = daemon;
+        let _ = old.0.kill();
+        let _ = old.0.wait();
+        std::thread::sleep(Duration::from_millis(500));
+        (served, start_daemon(&serve, &ns, &sock2, 1, true), ns)
+    });
+    let run = guest::boot_with(&image, &guest::vhost_user_args(&sock, 1, true), cmd, &opts)
+        .expect("guest run");
+    report(TEST, &run);
+    let (first_served, _new_daemon, _ns) = replacer.join().expect("replacer thread");
+    first_served.expect("the first download was served");
+    let second = second_server.join().expect("second server thread");
+
+    assert_eq!(run.rc, 0, "the guest command failed:\n{}", run.output);
+    let hashes: Vec<&str> = run
+        .output
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.len() == 64 && w.bytes().all(|b| b.is_ascii_hexdigit()))
+        .collect();
+    assert_eq!(
+        hashes,
+        [want_first.as_str(), want.as_str()],
+        "both downloads, before and after the new daemon, arrive whole:\n{}",
+        run.output
+    );
+    assert!(
+        !run.output.contains("lost-pings=60"),
+        "the link never came back:\n{}",
+        run.output
+    );
+    second.expect("the second download was served");
+
+    // The new daemon keeps serving after that guest is gone: a second VM gets through.
+    let again = guest::boot_with(
+        &image,
+        &guest::vhost_user_args(&sock, 1, true),
+        "ping -c1 -W10 $PEER\n",
+        &opts,
+    )
+    .expect("second guest run");
+    report(TEST, &again);
+    assert!(
+        again.rc == 0 && again.output.contains("1 packets received"),
+        "a second frontend on the same daemon:\n{}",
+        again.output
+    );
+    drop(_new_daemon);
 }

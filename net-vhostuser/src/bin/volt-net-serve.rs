@@ -13,17 +13,15 @@
 use std::io::{IoSlice, IoSliceMut};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, RwLock};
 
 use clap::{Parser, ValueEnum};
 use log::{error, info};
 use net_api::loopback::{pair, LoopbackConfig};
 use net_api::{Backend, MacAddr, OffloadSet, QueuePair, TxFrame};
 use net_macvtap::tap::{Macvtap, Tap};
-use net_vhostuser::backend::{Mem, NetBackend, ServeConfig};
+use net_vhostuser::backend::{NetBackend, ServeConfig};
+use net_vhostuser::server::Server;
 use nix::sys::signal::{SigSet, Signal};
-use vhost_user_backend::VhostUserDaemon;
-use vm_memory::GuestMemoryMmap;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Kind {
@@ -204,44 +202,29 @@ where
     B: Backend + Send + Sync + 'static,
     B::Queue: Send + Sync,
 {
-    let name = backend.name().to_string();
-    let shared = Arc::new(RwLock::new(
-        NetBackend::new(backend, cfg).map_err(|e| e.to_string())?,
-    ));
+    let device = NetBackend::new(backend, cfg).map_err(|e| e.to_string())?;
+    let name = device.name().to_string();
+    let mut server = Server::new(&args.socket, device).map_err(|e| e.to_string())?;
     info!("serving {name} on {}", args.socket.display());
-    // One daemon for every connection: its worker thread and handler stay, and each new
-    // frontend sets the vrings up again (a daemon per connection would cost a worker and an
-    // eventfd each time).
-    let mem = Mem::new(GuestMemoryMmap::new());
-    let mut daemon = VhostUserDaemon::new("volt-net-serve".into(), shared.clone(), mem)
-        .map_err(|e| format!("vhost-user daemon: {e}"))?;
-    if let Some(h) = daemon.get_epoll_handlers().first() {
-        use std::os::fd::AsRawFd;
-        shared
-            .write()
-            .map_err(|_| "backend lock poisoned")?
-            .set_epoll(h.as_raw_fd())
-            .map_err(|e| format!("the worker's epoll: {e}"))?;
-    }
-    let mut listener = vhost::vhost_user::Listener::new(&args.socket, true)
-        .map_err(|e| format!("listening on {}: {e}", args.socket.display()))?;
+    let mut failures = 0u32;
     loop {
-        daemon
-            .start(&mut listener)
-            .map_err(|e| format!("accepting a frontend: {e}"))?;
-        info!("frontend connected");
-        let res = daemon.wait();
-        let (tx, rx) = shared.read().map(|b| b.frames()).unwrap_or_default();
-        let why = match res {
-            Ok(()) => "disconnected".to_string(),
-            Err(e) => e.to_string(),
-        };
-        info!(
-            "frontend gone ({why}) after {tx} frames from the guest, {rx} to it; waiting for the next one"
-        );
-        if let Ok(mut b) = shared.write() {
-            use vhost_user_backend::VhostUserBackendMut;
-            b.reset_device();
+        match server.serve_one() {
+            Ok(s) => {
+                failures = 0;
+                info!(
+                    "frontend gone ({}) after {} requests, {} frames from the guest, {} to it; waiting for the next one",
+                    s.end, s.requests, s.from_guest, s.to_guest
+                );
+            }
+            // Out of fds or threads, say: give it a moment, but do not spin forever.
+            Err(e) => {
+                failures += 1;
+                error!("serving a frontend: {e}");
+                if failures >= 10 {
+                    return Err(format!("giving up after {failures} failures in a row"));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
         }
     }
 }
