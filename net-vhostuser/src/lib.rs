@@ -4,8 +4,12 @@
 //!   Hypervisor, DPDK's virtio_user) over a unix socket, built on rust-vmm's
 //!   `vhost-user-backend`, with `net-virtio`'s pumps on the guest memory the frontend shares.
 //!
-//! The frontend side (a VMM handing its queues to an external backend through the `vhost`
-//! crate) and the `volt-net serve` command are still to come (issue 5).
+//! - [`server`]: one socket, frontends served one after another (what `volt-net-serve` runs),
+//!   the device reset between them.
+//! - [`frontend`]: the other way round: a VMM hands its virtio-net queues and memfd-backed
+//!   guest memory to an external vhost-user backend (DPDK, OVS-DPDK), and recovers when that
+//!   backend restarts.
 
 pub mod backend;
+pub mod frontend;
 pub mod server;

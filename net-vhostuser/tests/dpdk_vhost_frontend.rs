@@ -1,0 +1,244 @@
+//! Our frontend (`net_vhostuser::frontend`) against DPDK's `net_vhost` backend in
+//! `dpdk-testpmd`: frames we put in the transmit ring arrive in testpmd (`rxonly` counts
+//! them), and after testpmd is restarted our frontend reconnects and frames arrive again.
+//! Skipped, with the reason printed, when not root or without `dpdk-testpmd`.
+
+mod dpdk;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use dpdk::Testpmd;
+use net_vhostuser::frontend::{VhostUserNet, Vring};
+use net_virtio::mock::{Desc, MockQueue};
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+const MEM: usize = 16 << 20;
+const RING: u16 = 256;
+/// A 12-byte virtio-net header (VERSION_1) and a 60-byte frame, one descriptor each.
+const FRAME: usize = 72;
+const BUFFERS: u64 = 0x10_0000;
+
+/// Guest memory in a memfd, as a VMM shares it.
+fn shared_memory() -> GuestMemoryMmap {
+    let fd = nix::sys::memfd::memfd_create(c"volt-guest", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+        .expect("memfd");
+    let file = std::fs::File::from(fd);
+    file.set_len(MEM as u64).expect("memfd size");
+    GuestMemoryMmap::from_ranges_with_files([(
+        GuestAddress(0),
+        MEM,
+        Some(FileOffset::new(file, 0)),
+    )])
+    .expect("guest memory")
+}
+
+struct Rings {
+    rx: MockQueue,
+    tx: MockQueue,
+    rx_kick: EventFd,
+    tx_kick: EventFd,
+}
+
+/// Sets both rings up (receive at 0x1_0000, transmit at 0x2_0000) and hands them over.
+fn start(net: &mut VhostUserNet, mem: &GuestMemoryMmap) -> Rings {
+    let rx = MockQueue::new(mem, GuestAddress(0x1_0000), RING);
+    let tx = MockQueue::new(mem, GuestAddress(0x2_0000), RING);
+    let eventfd = || EventFd::new(libc_nonblock()).expect("eventfd");
+    let (rx_kick, tx_kick) = (eventfd(), eventfd());
+    for (index, q, kick) in [
+        (0, &rx, rx_kick.try_clone().expect("dup")),
+        (1, &tx, tx_kick.try_clone().expect("dup")),
+    ] {
+        let vring = Vring {
+            size: q.size,
+            desc: q.desc,
+            avail: q.avail,
+            used: q.used,
+            kick,
+            call: eventfd(),
+        };
+        net.start_vring(index, vring, 0).expect("starting a ring");
+    }
+    Rings {
+        rx,
+        tx,
+        rx_kick,
+        tx_kick,
+    }
+}
+
+fn libc_nonblock() -> i32 {
+    nix::fcntl::OFlag::O_NONBLOCK.bits()
+}
+
+/// Sends `n` frames through the transmit ring, reusing descriptors as the backend completes
+/// them; returns how many it completed (within 20 s).
+fn send(mem: &GuestMemoryMmap, rings: &mut Rings, n: u64) -> u64 {
+    let mut frame = [0u8; FRAME];
+    frame[12..18].copy_from_slice(&[0xff; 6]);
+    frame[18..24].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
+    frame[24..26].copy_from_slice(&[0x88, 0xb5]);
+    let (mut sent, mut done) = (0u64, 0u64);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while done < n && Instant::now() < deadline {
+        while sent < n && rings.tx.free_descriptors() > 0 {
+            let addr = BUFFERS + (sent % u64::from(RING)) * 2048;
+            frame[26..34].copy_from_slice(&sent.to_be_bytes());
+            mem.write_slice(&frame, GuestAddress(addr)).expect("frame");
+            rings
+                .tx
+                .add_chain(
+                    mem,
+                    &[Desc {
+                        addr,
+                        len: FRAME as u32,
+                        write: false,
+                    }],
+                )
+                .expect("a free descriptor");
+            sent += 1;
+        }
+        let _ = rings.tx_kick.write(1);
+        let used = rings.tx.take_used(mem).len() as u64;
+        done += used;
+        if used == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    done
+}
+
+fn testpmd_rx(out: &str) -> u64 {
+    dpdk::last_number_after(out, "RX-packets:").expect("testpmd's RX count")
+}
+
+fn vhost_pmd(tpmd: &str, tag: &str, sock: &Path) -> Testpmd {
+    let pmd = Testpmd::start(
+        tpmd,
+        tag,
+        &format!("net_vhost0,iface={},queues=1", sock.display()),
+        "rxonly",
+    );
+    assert!(
+        dpdk::wait_for_path(sock, Duration::from_secs(20)),
+        "testpmd's net_vhost listens on {}",
+        sock.display()
+    );
+    pmd
+}
+
+#[test]
+fn frames_we_push_arrive_in_dpdk_net_vhost_and_again_after_it_restarts() {
+    const TEST: &str = "frames_we_push_arrive_in_dpdk_net_vhost_and_again_after_it_restarts";
+    let _turn = dpdk::TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(tpmd) = dpdk::testpmd_or_skip(TEST) else {
+        return;
+    };
+    let tag = format!("volt-vfe-{}", std::process::id());
+    let dir = std::env::temp_dir().join(&tag);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let sock = dir.join("vhost.sock");
+    let mem = shared_memory();
+
+    let pmd = vhost_pmd(tpmd, &format!("{tag}-a"), &sock);
+    let mut net = VhostUserNet::connect(&sock, 1).expect("connecting to net_vhost");
+    let version_1 = 1u64 << 32;
+    assert_ne!(net.features() & version_1, 0, "net_vhost offers VERSION_1");
+    net.set_features(version_1).expect("SET_FEATURES");
+    net.set_memory(&mem).expect("SET_MEM_TABLE");
+    let mut rings = start(&mut net, &mem);
+    let first = send(&mem, &mut rings, 5000);
+    // testpmd polls its rings; give it a moment to count the last ones.
+    std::thread::sleep(Duration::from_millis(500));
+    let out = pmd.stop();
+    println!("first testpmd received {}", testpmd_rx(&out));
+    assert_eq!(first, 5000, "net_vhost completed every frame we sent");
+    assert_eq!(testpmd_rx(&out), 5000, "testpmd counts them:\n{out}");
+
+    // The backend restarts; the frontend connects again and resumes where it was.
+    let pmd = vhost_pmd(tpmd, &format!("{tag}-b"), &sock);
+    net.reconnect(Duration::from_secs(20))
+        .expect("reconnecting to the new net_vhost");
+    let second = send(&mem, &mut rings, 3000);
+    std::thread::sleep(Duration::from_millis(500));
+    let out = pmd.stop();
+    println!("second testpmd received {}", testpmd_rx(&out));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(second, 3000, "the new net_vhost completed every frame");
+    assert_eq!(
+        testpmd_rx(&out),
+        3000,
+        "the new testpmd counts them:\n{out}"
+    );
+}
+
+/// Our frontend against our own server (`volt-net-serve --backend loopback`, which echoes):
+/// anonymous memory is refused with what to do, then frames sent come back into the receive
+/// ring. Needs no privileges.
+#[test]
+fn our_frontend_and_our_server_echo_frames() {
+    let dir = std::env::temp_dir().join(format!("volt-fe-echo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let sock = dir.join("vu.sock");
+    let _serve = dpdk::Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_volt-net-serve"))
+            .args([
+                "--socket",
+                sock.to_str().expect("utf-8"),
+                "--backend",
+                "loopback",
+            ])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("volt-net-serve"),
+    );
+    assert!(dpdk::wait_for_path(&sock, Duration::from_secs(5)));
+    let mut net = VhostUserNet::connect(&sock, 1).expect("connecting to volt-net-serve");
+    let version_1 = 1u64 << 32;
+    net.set_features(version_1).expect("SET_FEATURES");
+    assert!(
+        net.set_features(1 << 63).is_err(),
+        "features the backend does not offer are refused"
+    );
+    let anonymous = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM)]).expect("memory");
+    let err = net.set_memory(&anonymous).expect_err("anonymous memory");
+    assert!(err.to_string().contains("memfd"), "{err}");
+
+    let mem = shared_memory();
+    net.set_memory(&mem).expect("SET_MEM_TABLE");
+    let mut rings = start(&mut net, &mem);
+    for i in 0..u64::from(RING) {
+        rings
+            .rx
+            .add_chain(
+                &mem,
+                &[Desc {
+                    addr: BUFFERS + 0x80_0000 + i * 2048,
+                    len: 2048,
+                    write: true,
+                }],
+            )
+            .expect("a receive buffer");
+    }
+    let _ = rings.rx_kick.write(1);
+    assert_eq!(
+        send(&mem, &mut rings, 100),
+        100,
+        "the server took every frame"
+    );
+    let mut back = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while back.len() < 100 && Instant::now() < deadline {
+        back.extend(rings.rx.take_used(&mem));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(back.len(), 100, "every frame came back");
+    assert!(
+        back.iter().all(|(_, len, _)| *len as usize == FRAME),
+        "header and frame, whole: {:?}",
+        &back[..3]
+    );
+}
