@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use log::{debug, info, warn};
 use net_api::Backend;
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use nix::sys::stat::SFlag;
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::GuestMemoryMmap;
 
@@ -49,6 +50,8 @@ const SET_FEATURES: u32 = 2;
 const RESET_OWNER: u32 = 4;
 const GET_PROTOCOL_FEATURES: u32 = 15;
 const SET_PROTOCOL_FEATURES: u32 = 16;
+const SET_MEM_TABLE: u32 = 5;
+const SET_VRING_NUM: u32 = 8;
 const SET_VRING_ENABLE: u32 = 18;
 const RESET_DEVICE: u32 = 34;
 
@@ -183,6 +186,42 @@ struct Rewriter {
 }
 
 impl Rewriter {
+    /// What the daemon would accept but must not: a ring size that is not a power of two
+    /// (vhost-user-backend leaves such a queue unusable without saying so), and a memory
+    /// region that reaches past the end of its file (mmap accepts it; the first access to
+    /// those pages would kill the daemon with SIGBUS).
+    fn refusal(m: &Msg) -> Option<String> {
+        if m.request == SET_MEM_TABLE {
+            // u32 count, u32 padding, then (guest address, size, user address, offset).
+            for (i, (r, fd)) in m.body.get(8..)?.chunks_exact(32).zip(&m.fds).enumerate() {
+                let word = |k: usize| u64::from_le_bytes(r[k..k + 8].try_into().unwrap_or([0; 8]));
+                let (size, offset) = (word(8), word(24));
+                let len = match nix::sys::stat::fstat(fd) {
+                    Ok(st) if st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFREG.bits() => {
+                        st.st_size as u64
+                    }
+                    // Not a regular file (a device, say): mmap itself decides.
+                    Ok(_) => continue,
+                    Err(e) => return Some(format!("SET_MEM_TABLE region {i}: fstat: {e}")),
+                };
+                if offset.checked_add(size).is_none_or(|end| end > len) {
+                    return Some(format!(
+                        "SET_MEM_TABLE region {i}: {size} bytes at offset {offset} of a {len}-byte file"
+                    ));
+                }
+            }
+        }
+        if m.request == SET_VRING_NUM && m.body.len() == 8 {
+            let num = u32::from_le_bytes([m.body[4], m.body[5], m.body[6], m.body[7]]);
+            if !num.is_power_of_two() || num > 32768 {
+                return Some(format!(
+                    "SET_VRING_NUM {num}: a ring size is a power of two up to 32768"
+                ));
+            }
+        }
+        None
+    }
+
     /// The messages to pass to the daemon for `m`, and the reply to give the frontend
     /// directly, if any.
     fn request(&mut self, m: Msg) -> (Vec<Msg>, Option<Msg>) {
@@ -284,9 +323,9 @@ where
         &self.socket
     }
 
-    /// The device being served.
-    pub fn backend(&self) -> &NetBackend<B> {
-        &self.backend
+    /// The device being served (its frame counts can be read while a frontend is served).
+    pub fn device(&self) -> Arc<NetBackend<B>> {
+        self.backend.clone()
     }
 
     /// Waits for a frontend, serves it until it disconnects (or sends what the daemon
@@ -411,6 +450,10 @@ fn relay(front: &UnixStream, back: &UnixStream) -> u64 {
                     }
                 };
                 n += 1;
+                if let Some(why) = Rewriter::refusal(&m) {
+                    warn!("frontend refused: {why}");
+                    break;
+                }
                 debug!(
                     "frontend request {} flags {:#x}, {} bytes, {} fds",
                     m.request,
@@ -498,6 +541,21 @@ mod tests {
         // Without PROTOCOL_FEATURES there is nothing to enable.
         let (out, _) = r.request(Msg::u64(SET_FEATURES, 0, 1 << 32));
         assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn ring_sizes_that_are_not_powers_of_two_are_refused() {
+        let num = |n: u32| {
+            let mut b = 0u32.to_le_bytes().to_vec();
+            b.extend_from_slice(&n.to_le_bytes());
+            Msg::new(SET_VRING_NUM, 0, b)
+        };
+        for bad in [0, 3, 255, 65536, u32::MAX] {
+            assert!(Rewriter::refusal(&num(bad)).is_some(), "{bad}");
+        }
+        for good in [1, 256, 32768] {
+            assert!(Rewriter::refusal(&num(good)).is_none(), "{good}");
+        }
     }
 
     #[test]
