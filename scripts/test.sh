@@ -23,12 +23,13 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 # test-utils too, so the examples that need it are checked.
-cargo clippy --quiet --workspace --all-targets --features net-virtio/test-utils -- -D warnings
+cargo clippy --quiet --workspace --all-targets --features net-virtio/test-utils,net-select/cli -- -D warnings
 
-run_tests --workspace
+# With the `volt-net` command line, so its end-to-end tests run.
+run_tests --workspace --features net-select/cli
 # A VMM that embeds these crates must not need a C toolchain or a C library.
 # (netlink-sys is plain Rust over the socket API, despite its name.)
-for crate in net-api net-virtio net-macvtap; do
+for crate in net-api net-virtio net-macvtap net-select; do
     if cargo tree -p "$crate" -e normal,build --prefix none | grep -v '^netlink-sys ' |
         grep -Eq '^(cc|pkg-config|bindgen|[a-z0-9_-]+-sys) '; then
         log "$crate pulls a C build dependency:"
