@@ -36,9 +36,11 @@ need_cargo_tool() {
     cargo install --locked --quiet "$2"
 }
 
-# The packages the current crates need. g++ builds libFuzzer for the fuzz targets. The AF_XDP
-# backend (libelf-dev zlib1g-dev pkg-config m4 clang llvm) joins this list with its crate.
-BUILD_DEBS=(g++ pkg-config)
+# The packages the crates need to build. g++ builds libFuzzer for the fuzz targets. The
+# AF_XDP backend (net-afxdp) builds libbpf and libxdp from source (libelf-dev zlib1g-dev
+# pkg-config m4) and compiles its XDP program with clang (llvm for the BPF target;
+# linux-libc-dev for the kernel's UAPI headers).
+BUILD_DEBS=(g++ pkg-config libelf-dev zlib1g-dev m4 clang llvm linux-libc-dev)
 # What the privileged tests and the peer benchmarks run: iproute2 (namespaces, links),
 # nftables (the zone's NAT), iputils-ping, systemd (the real systemd-networkd), DPDK's
 # testpmd with its TAP, virtio_user and vhost PMDs (peers of the TAP/macvtap benchmark, of
