@@ -412,11 +412,7 @@ impl AfXdp {
         self.vm.iface.steering.mode()
     }
 
-    fn bind(
-        &self,
-        index: u16,
-        zero_copy: bool,
-    ) -> Result<Bound, Error> {
+    fn bind(&self, index: u16, zero_copy: bool) -> Result<Bound, Error> {
         let iface = &self.vm.iface;
         let ring = QueueSize::new(iface.ring_size).map_err(|e| Error::Config(e.to_string()))?;
         let mut bind = BindFlags::XDP_USE_NEED_WAKEUP;

@@ -285,7 +285,12 @@ pub fn decide(
     }
 
     // 3. macvtap, its mode from the requirements.
-    let lower = macvtap_lower(&iface.kind);
+    let lower = macvtap_lower(&iface.kind).and_then(|()| match &iface.master {
+        Some(m) => Err(format!(
+            "{name} is a port of {m}, and a port's frames belong to its master: put the macvtap on {m}"
+        )),
+        None => Ok(()),
+    });
     let macvtap_why_not = if !host.macvtap {
         Some("the kernel has no macvtap module (CONFIG_MACVTAP)".to_string())
     } else {
@@ -434,6 +439,7 @@ mod tests {
             mac: None,
             rx_queues: 8,
             tx_queues: 8,
+            master: None,
             xdp,
         }
     }
@@ -584,6 +590,16 @@ mod tests {
                 Choice::Macvtap {
                     mode: MacvtapMode::Bridge,
                 },
+            ),
+            (
+                "a bridge port: macvtap cannot sit on it",
+                host(true, true, true),
+                Interface {
+                    master: Some("br0".into()),
+                    ..nic(false, false)
+                },
+                req(),
+                Choice::Tap,
             ),
             (
                 "no macvtap in the kernel",

@@ -30,18 +30,19 @@ pub mod xdp_act {
 }
 
 /// Drivers with native XDP (basic, redirect, `ndo_xdp_xmit`), for kernels without the
-/// `netdev` family (before 6.3): the in-tree drivers that implement `ndo_bpf` with redirect.
+/// `netdev` family (before 6.3): in-tree drivers whose XDP has redirect (`ixgbevf` and `nfp`
+/// have native XDP without it, and are left out).
 #[rustfmt::skip]
 const NATIVE_XDP_DRIVERS: &[&str] = &[
     "bnxt_en", "dpaa2-eth", "ena", "enetc", "fec", "gve", "hv_netvsc", "i40e", "ice", "idpf",
-    "igb", "igc", "ixgbe", "ixgbevf", "mlx4_en", "mlx5_core", "mvneta", "mvpp2", "nfp",
-    "qede", "sfc", "stmmac", "thunder-nicvf", "tsnep", "tun", "veth", "virtio_net", "xennet",
+    "igb", "igc", "ixgbe", "mlx4_en", "mlx5_core", "mvneta", "mvpp2", "qede", "sfc",
+    "stmmac", "thunder-nicvf", "tsnep", "tun", "veth", "virtio_net", "xennet",
 ];
 
 /// Drivers with AF_XDP zero-copy, for the same kernels.
 #[rustfmt::skip]
 const ZEROCOPY_DRIVERS: &[&str] = &[
-    "gve", "i40e", "ice", "idpf", "igb", "igc", "ixgbe", "mlx5_core", "stmmac",
+    "gve", "i40e", "ice", "idpf", "igc", "ixgbe", "mlx5_core", "stmmac",
 ];
 
 /// A link as rtnetlink lists it.
@@ -57,6 +58,8 @@ pub struct LinkEntry {
     pub mtu: u32,
     /// MAC address, when the link has one.
     pub mac: Option<String>,
+    /// The index of the link's master (the bridge or bond it is a port of).
+    pub master: Option<u32>,
 }
 
 /// Where the probe reads the host. Paths are absolute (`/sys/class/net/eth0/speed`).
@@ -93,6 +96,7 @@ impl HostView for System {
                 kind: l.kind,
                 mtu: l.mtu,
                 mac: l.mac.map(|m| m.to_string()),
+                master: l.master,
             })
             .collect())
     }
@@ -276,6 +280,8 @@ pub struct Interface {
     pub rx_queues: u32,
     /// Transmit queues.
     pub tx_queues: u32,
+    /// The bridge or bond this link is a port of.
+    pub master: Option<String>,
     /// XDP features.
     pub xdp: XdpSupport,
 }
@@ -391,7 +397,11 @@ pub fn probe(host: &impl HostView, only: Option<&str>) -> Result<HostProbe, Prob
     let mut netlink_note = None;
     let mut interfaces = Vec::new();
     for link in links.iter().filter(|l| only.is_none_or(|n| n == l.name)) {
-        let (iface, note) = interface(host, link);
+        let (mut iface, note) = interface(host, link);
+        iface.master = link
+            .master
+            .and_then(|m| links.iter().find(|l| l.index == m))
+            .map(|l| l.name.clone());
         if netlink_note.is_none() {
             netlink_note = note;
         }
@@ -459,6 +469,7 @@ fn interface(host: &impl HostView, link: &LinkEntry) -> (Interface, Option<Strin
             mac: link.mac.clone(),
             rx_queues: count("rx-"),
             tx_queues: count("tx-"),
+            master: None,
             xdp,
         },
         note,

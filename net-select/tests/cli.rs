@@ -109,7 +109,7 @@ fn errors_say_what_to_do_and_exit_non_zero() {
     assert_eq!(out.status.code(), Some(1));
 
     let out = run(&["select", "--throughput", "NaN"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2), "a bad argument");
     assert!(String::from_utf8_lossy(&out.stderr).contains("Gb/s"));
 
     let out = run(&[

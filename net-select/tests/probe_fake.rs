@@ -13,6 +13,7 @@ fn link(name: &str, index: u32, kind: Option<&str>) -> LinkEntry {
         kind: kind.map(str::to_string),
         mtu: 1500,
         mac: Some("52:54:00:00:00:01".into()),
+        master: None,
     }
 }
 
@@ -23,6 +24,7 @@ fn host() -> FakeHost {
             link("lo", 1, None),
             link("eth0", 2, None),
             link("veth0", 3, Some("veth")),
+            link("br0", 4, Some("bridge")),
         ],
         ..FakeHost::default()
     };
@@ -105,6 +107,7 @@ fn a_veth() {
     assert_eq!(p.interfaces.len(), 1);
     let v = &p.interfaces[0];
     assert_eq!(v.kind, LinkKind::Veth);
+    assert_eq!(v.master, None);
     assert_eq!(v.driver.as_deref(), Some("veth"));
     assert_eq!(v.speed_mbps, None, "-1 means unknown");
     assert_eq!(v.operstate, "down");
@@ -158,6 +161,14 @@ fn no_tun_and_no_capabilities() {
         "{:?}",
         p.notes
     );
+}
+
+#[test]
+fn a_bridge_port_names_its_bridge() {
+    let mut h = host();
+    h.links[2].master = Some(4);
+    let p = probe(&h, Some("veth0")).expect("probe");
+    assert_eq!(p.interfaces[0].master.as_deref(), Some("br0"));
 }
 
 #[test]

@@ -137,8 +137,9 @@ impl<Q: QueuePair> Pair<Q> {
 /// (The daemon passes events on as `u16`.)
 const RX_READY: u64 = 0xfff0;
 const TX_READY: u64 = RX_READY + 1;
-/// Queue pairs, so the daemon's event (`num_queues`) stays below [`RX_READY`].
-const MAX_PAIRS: u16 = 0x7f00;
+/// Queue pairs: each worker's vrings are a bit mask in a `u64` (`queues_per_thread`), so 64
+/// vrings at most.
+const MAX_PAIRS: u16 = 32;
 
 /// The vhost-user-net device over backend `B`, for `VhostUserDaemon<Arc<NetBackend<B>>>`.
 ///
@@ -234,6 +235,11 @@ impl<B: Backend> NetBackend<B> {
             mem: RwLock::new(None),
             _backend: backend,
         })
+    }
+
+    /// The vrings the device has (two per queue pair).
+    pub fn vrings(&self) -> usize {
+        self.num_queues()
     }
 
     /// The backend's name.

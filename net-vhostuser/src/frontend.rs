@@ -167,6 +167,12 @@ impl VhostUserNet {
                 .set_protocol_features(wanted)
                 .map_err(self.err("SET_PROTOCOL_FEATURES"))?;
             self.protocol = wanted;
+            // Every request then waits for the backend's verdict, so a refusal is an error
+            // here rather than a dropped connection later.
+            if wanted.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+                self.frontend
+                    .set_hdr_flags(vhost::vhost_user::message::VhostUserHeaderFlag::NEED_REPLY);
+            }
         }
         if self.queue_pairs > 1 {
             let queues = if self.protocol.contains(VhostUserProtocolFeatures::MQ) {
@@ -248,6 +254,18 @@ impl VhostUserNet {
                 self.vrings.len() - 1
             )));
         }
+        self.send_vring(index, &vring, base)?;
+        self.vrings[index] = Some(vring);
+        Ok(())
+    }
+
+    fn send_vring(&mut self, index: usize, vring: &Vring, base: u16) -> Result<(), FrontendError> {
+        if !vring.size.is_power_of_two() || vring.size > 32768 {
+            return Err(FrontendError::Invalid(format!(
+                "ring {index}: size {} is not a power of two up to 32768",
+                vring.size
+            )));
+        }
         let mem = self.mem.as_ref().ok_or_else(|| {
             FrontendError::Invalid("set the memory table before starting a ring".into())
         })?;
@@ -288,18 +306,17 @@ impl VhostUserNet {
                 .set_vring_enable(index, true)
                 .map_err(self.err("SET_VRING_ENABLE"))?;
         }
-        self.vrings[index] = Some(vring);
         Ok(())
     }
 
     /// Stops ring `index` and returns it with the available index the backend reached (to
-    /// resume from, or to save in a snapshot).
+    /// resume from, or to save in a snapshot). On an error the ring stays started.
     pub fn stop_vring(&mut self, index: usize) -> Result<(Vring, u16), FrontendError> {
-        let vring = self
-            .vrings
-            .get_mut(index)
-            .and_then(Option::take)
-            .ok_or_else(|| FrontendError::Invalid(format!("ring {index} is not started")))?;
+        if self.vrings.get(index).is_none_or(Option::is_none) {
+            return Err(FrontendError::Invalid(format!(
+                "ring {index} is not started"
+            )));
+        }
         if self.offered & PROTOCOL_FEATURES != 0 {
             self.frontend
                 .set_vring_enable(index, false)
@@ -309,6 +326,9 @@ impl VhostUserNet {
             .frontend
             .get_vring_base(index)
             .map_err(self.err("GET_VRING_BASE"))?;
+        let vring = self.vrings[index]
+            .take()
+            .ok_or_else(|| FrontendError::Invalid(format!("ring {index} is not started")))?;
         Ok((vring, base as u16))
     }
 
@@ -345,17 +365,20 @@ impl VhostUserNet {
             }
             self.set_features(acked)?;
         }
-        if let Some(mem) = self.mem.take() {
+        // Clones share the regions: nothing is lost if a request fails (and reconnect can be
+        // called again).
+        if let Some(mem) = self.mem.clone() {
             self.set_memory(&mem)?;
         }
-        let vrings = std::mem::take(&mut self.vrings);
-        self.vrings = (0..vrings.len()).map(|_| None).collect();
-        for (index, vring) in vrings.into_iter().enumerate() {
-            let Some(vring) = vring else {
+        for index in 0..self.vrings.len() {
+            let Some(vring) = self.vrings[index].take() else {
                 continue;
             };
-            let base = self.used_index(&vring)?;
-            self.start_vring(index, vring, base)?;
+            let res = self
+                .used_index(&vring)
+                .and_then(|base| self.send_vring(index, &vring, base));
+            self.vrings[index] = Some(vring);
+            res?;
         }
         Ok(())
     }

@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// MAC address for the loopback backend.
     #[arg(long)]
     pub mac: Option<MacAddr>,
+    /// The largest ring the frontend may use (a power of two; QEMU's rx_queue_size and
+    /// tx_queue_size must not exceed it).
+    #[arg(long, default_value_t = 1024)]
+    pub queue_size: u16,
     /// Do not offer mergeable receive buffers.
     #[arg(long)]
     pub no_mrg_rxbuf: bool,
@@ -93,8 +97,8 @@ pub fn run(args: &ServeArgs) -> ExitCode {
     });
     let cfg = ServeConfig {
         queue_pairs: args.queues,
+        queue_size: args.queue_size,
         mergeable_rx: !args.no_mrg_rxbuf,
-        ..Default::default()
     };
     let res = match args.backend {
         Kind::Tap => {

@@ -48,6 +48,7 @@ const FLAG_NEED_REPLY: u32 = 0x8;
 const GET_FEATURES: u32 = 1;
 const SET_FEATURES: u32 = 2;
 const RESET_OWNER: u32 = 4;
+const GET_VRING_BASE: u32 = 11;
 const GET_PROTOCOL_FEATURES: u32 = 15;
 const SET_PROTOCOL_FEATURES: u32 = 16;
 const SET_MEM_TABLE: u32 = 5;
@@ -239,6 +240,12 @@ impl Rewriter {
                 let reply = (m.flags & FLAG_NEED_REPLY != 0).then(|| Msg::ack(m.request));
                 (Vec::new(), reply)
             }
+            // The frontend reset the device: the handler forgot the features, and so do we.
+            RESET_DEVICE | RESET_OWNER => {
+                self.features_set = false;
+                self.held.clear();
+                (vec![m], None)
+            }
             SET_FEATURES => {
                 self.features_set = true;
                 let protocol = m.body_u64().is_some_and(|f| f & PROTOCOL_FEATURES != 0);
@@ -275,8 +282,11 @@ where
 {
     backend: Arc<NetBackend<B>>,
     daemon: VhostUserDaemon<Arc<NetBackend<B>>>,
+    /// The daemon's view of guest memory (to unmap a departed guest's).
+    mem: Mem,
     listener: UnixListener,
     socket: PathBuf,
+    needs_reset: bool,
 }
 
 impl<B> Server<B>
@@ -288,12 +298,10 @@ where
     /// `backend`.
     pub fn new(socket: &Path, backend: NetBackend<B>) -> Result<Self, ServeError> {
         let backend = Arc::new(backend);
-        let daemon = VhostUserDaemon::new(
-            "volt-net-vhost-user".into(),
-            backend.clone(),
-            Mem::new(GuestMemoryMmap::new()),
-        )
-        .map_err(|e| ServeError::Config(format!("vhost-user daemon: {e}")))?;
+        let mem = Mem::new(GuestMemoryMmap::new());
+        let daemon =
+            VhostUserDaemon::new("volt-net-vhost-user".into(), backend.clone(), mem.clone())
+                .map_err(|e| ServeError::Config(format!("vhost-user daemon: {e}")))?;
         let epolls: Vec<RawFd> = daemon
             .get_epoll_handlers()
             .iter()
@@ -313,8 +321,10 @@ where
         Ok(Server {
             backend,
             daemon,
+            mem,
             listener,
             socket: socket.to_path_buf(),
+            needs_reset: false,
         })
     }
 
@@ -331,17 +341,26 @@ where
     /// Waits for a frontend, serves it until it disconnects (or sends what the daemon
     /// refuses), and resets the device for the next one.
     pub fn serve_one(&mut self) -> io::Result<Session> {
+        // A reset that failed last time is retried before anyone else is let in: the handler
+        // would still be owned by the frontend that left.
+        if self.needs_reset {
+            self.reset()?;
+            self.needs_reset = false;
+        }
         let (front, _) = self.listener.accept()?;
         info!("{}: frontend connected", self.socket.display());
         let before = self.backend.frames();
         let back = self.attach()?;
-        let requests = relay(&front, &back);
-        let end = match ended(self.daemon.wait()) {
-            Ok(()) => "disconnected".to_string(),
-            Err(e) => e.to_string(),
+        let (requests, refused) = relay(&front, &back);
+        let end = match (refused, ended(self.daemon.wait())) {
+            (Some(why), _) => format!("refused: {why}"),
+            (None, Ok(())) => "disconnected".to_string(),
+            (None, Err(e)) => e.to_string(),
         };
         let after = self.backend.frames();
+        self.needs_reset = true;
         self.reset()?;
+        self.needs_reset = false;
         Ok(Session {
             requests,
             from_guest: after.0 - before.0,
@@ -373,6 +392,7 @@ where
     /// Puts the device back as a new frontend expects it: rings disabled and unwatched, pumps
     /// dropped, no memory, no owner.
     fn reset(&mut self) -> io::Result<()> {
+        let rings = self.backend.vrings() as u32;
         let back = self.attach()?;
         let res = (|| {
             send_msg(&back, &Msg::new(GET_FEATURES, 0, Vec::new()))?;
@@ -387,6 +407,25 @@ where
                     expect_ack(&back, RESET_DEVICE)?;
                 }
             }
+            // Every ring stopped as a frontend stops it: not ready, its kick out of the epoll,
+            // its kick and call fds closed (a frontend that died never asked).
+            for index in 0..(if std::env::var_os("NORESET").is_some() {
+                0
+            } else {
+                rings
+            }) {
+                let mut body = index.to_le_bytes().to_vec();
+                body.extend_from_slice(&0u32.to_le_bytes());
+                send_msg(&back, &Msg::new(GET_VRING_BASE, 0, body))?;
+                match recv_msg(&back)? {
+                    Some(m) if m.request == GET_VRING_BASE => {}
+                    other => {
+                        return Err(io::Error::other(format!(
+                            "GET_VRING_BASE {index}: unexpected answer {other:?}"
+                        )))
+                    }
+                }
+            }
             // The last request waits for its ack when it can, so the daemon is done with
             // them all before the next frontend comes.
             send_msg(&back, &Msg::new(RESET_OWNER, 0, Vec::new()))?;
@@ -395,6 +434,11 @@ where
         })();
         let _ = back.shutdown(std::net::Shutdown::Both);
         let waited = ended(self.daemon.wait());
+        // The departed guest's memory is unmapped (the daemon's handle on it was the last).
+        match self.mem.lock() {
+            Ok(guard) => guard.replace(GuestMemoryMmap::new()),
+            Err(e) => e.into_inner().replace(GuestMemoryMmap::new()),
+        }
         res.map_err(|e| io::Error::other(format!("resetting the device: {e}")))?;
         waited.map_err(|e| io::Error::other(format!("resetting the device: {e}")))
     }
@@ -432,14 +476,16 @@ fn expect_ack(s: &UnixStream, request: u32) -> io::Result<()> {
 }
 
 /// Passes the frontend's requests to the daemon and the daemon's replies back until either
-/// side closes; returns how many requests the frontend sent.
-fn relay(front: &UnixStream, back: &UnixStream) -> u64 {
+/// side closes; returns how many requests the frontend sent, and what the relay refused (and
+/// hung up for), if anything.
+fn relay(front: &UnixStream, back: &UnixStream) -> (u64, Option<String>) {
     use std::net::Shutdown;
     let to_front = Mutex::new(());
     std::thread::scope(|scope| {
         let requests = scope.spawn(|| {
             let mut rewriter = Rewriter::default();
             let mut n = 0u64;
+            let mut refused = None;
             loop {
                 let m = match recv_msg(front) {
                     Ok(Some(m)) => m,
@@ -452,6 +498,7 @@ fn relay(front: &UnixStream, back: &UnixStream) -> u64 {
                 n += 1;
                 if let Some(why) = Rewriter::refusal(&m) {
                     warn!("frontend refused: {why}");
+                    refused = Some(why);
                     break;
                 }
                 debug!(
@@ -475,7 +522,7 @@ fn relay(front: &UnixStream, back: &UnixStream) -> u64 {
             }
             let _ = back.shutdown(Shutdown::Both);
             let _ = front.shutdown(Shutdown::Both);
-            n
+            (n, refused)
         });
         while let Ok(Some(m)) = recv_msg(back) {
             let _guard = to_front.lock().unwrap_or_else(|e| e.into_inner());
@@ -485,7 +532,7 @@ fn relay(front: &UnixStream, back: &UnixStream) -> u64 {
         }
         let _ = front.shutdown(Shutdown::Both);
         let _ = back.shutdown(Shutdown::Both);
-        requests.join().unwrap_or(0)
+        requests.join().unwrap_or((0, None))
     })
 }
 

@@ -245,6 +245,41 @@ fn transmit_backpressure_keeps_the_chains_until_the_backend_has_room() {
     );
 }
 
+/// The ring ran dry while the backend was empty; then the guest adds buffers, still with
+/// nothing to receive. The device must watch the backend again, or the next frame waits for
+/// a guest kick that never comes (seen with vhost-user when the receive ring was enabled
+/// before the guest filled it).
+#[test]
+fn buffers_added_after_a_dry_ring_rearm_the_backend_watch() {
+    for (name, features) in [
+        ("mergeable", v1() | f(vn::VIRTIO_NET_F_MRG_RXBUF)),
+        ("big", v1()),
+    ] {
+        let mut r = rig(lb(false, 1), DeviceConfig::default(), features);
+        r.drv.kick(&mut r.dev, 0).expect("rx kick on an empty ring");
+        let watches: Vec<Event> = r.dev.watches().iter().map(|w| w.event).collect();
+        assert!(
+            !watches.contains(&Event::BackendRx(0)),
+            "{name}: no buffers yet"
+        );
+        r.post_rx(0, 4);
+        let watches: Vec<Event> = r.dev.watches().iter().map(|w| w.event).collect();
+        assert!(
+            watches.contains(&Event::BackendRx(0)),
+            "{name}: buffers held: the backend is watched again"
+        );
+        let frame = plain_frame(600, GUEST_MAC, 7);
+        assert_eq!(r.peer_send(0, VirtioNetHdr::PLAIN, &frame), 1);
+        r.backend_rx(0);
+        let got = r.guest_recv(0);
+        assert_eq!(
+            got.len(),
+            1,
+            "{name}: the frame arrives on the backend's event alone"
+        );
+    }
+}
+
 #[test]
 fn receive_waits_for_guest_buffers_and_loses_nothing() {
     let mut r = rig(

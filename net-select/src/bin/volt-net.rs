@@ -50,7 +50,7 @@ struct SelectArgs {
     #[arg(long)]
     iface: Vec<String>,
     /// Throughput the VM needs, in Gb/s.
-    #[arg(long, value_name = "GBPS")]
+    #[arg(long, value_name = "GBPS", value_parser = gbps)]
     throughput: Option<f64>,
     /// VMs on this host talk to each other.
     #[arg(long)]
@@ -214,14 +214,15 @@ fn not_an_uplink(i: &Interface) -> Option<&'static str> {
     }
 }
 
-fn select_cmd(a: &SelectArgs) -> Result<ExitCode, String> {
-    if let Some(t) = a.throughput {
-        if !(t.is_finite() && t >= 0.0) {
-            return Err(format!(
-                "--throughput {t}: give the Gb/s the VM needs, e.g. 10"
-            ));
-        }
+/// `--throughput`: a finite, non-negative number of Gb/s.
+fn gbps(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(t) if t.is_finite() && t >= 0.0 => Ok(t),
+        _ => Err(format!("'{s}': give the Gb/s the VM needs, e.g. 10")),
     }
+}
+
+fn select_cmd(a: &SelectArgs) -> Result<ExitCode, String> {
     let req = Requirements {
         throughput_gbps: a.throughput,
         vm_to_vm: a.vm_to_vm,

@@ -318,17 +318,22 @@ impl RxPump {
                     self.advance_piece();
                     true
                 }
+                // The backend is empty: what we wait for now is the backend, not guest buffers
+                // (a `waiting` left from an earlier call would keep the caller from watching
+                // the backend's fd, and the frame that comes would wait for a guest kick).
                 Next::Direct => {
                     if self
                         .receive_direct(queue, mem, backend, filter, &mut out.completed)?
                         .is_none()
                     {
+                        self.waiting = false;
                         break;
                     }
                     true
                 }
                 Next::Bounce => {
                     if self.receive_bounce(backend, filter)?.is_none() {
+                        self.waiting = false;
                         break;
                     }
                     true
