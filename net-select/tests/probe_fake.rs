@@ -57,6 +57,13 @@ fn host() -> FakeHost {
         .insert("/sys/class/net/veth0/operstate".into(), "down".into());
     h.xdp = Some(HashMap::from([
         (
+            4,
+            DevXdp {
+                features: 0,
+                zc_max_segs: None,
+            },
+        ),
+        (
             1,
             DevXdp {
                 features: 0,
