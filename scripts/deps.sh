@@ -43,9 +43,10 @@ need_cargo_tool() {
 BUILD_DEBS=(g++ pkg-config libelf-dev zlib1g-dev m4 clang llvm linux-libc-dev)
 # What the privileged tests and the peer benchmarks run: iproute2 (namespaces, links),
 # nftables (the zone's NAT), iputils-ping, systemd (the real systemd-networkd), DPDK's
-# testpmd with its TAP, virtio_user and vhost PMDs (peers of the TAP/macvtap benchmark, of
-# the vhost-user daemon and of the vhost-user frontend), ethtool (GRO on a veth, so the
+# testpmd with its TAP, virtio_user, vhost and AF_XDP PMDs (peers of the TAP/macvtap
+# benchmark, of the vhost-user daemon and frontend, and of the AF_XDP benchmark), ethtool (GRO on a veth, so the
 # probe test sees the XDP features the kernel then reports), and the QEMU guest rig:
 # qemu-system-x86, busybox-static, a Debian kernel image and cpio (the initramfs).
 TEST_DEBS=(iproute2 nftables iputils-ping systemd ethtool dpdk-dev librte-net-tap23
-    librte-net-virtio23 librte-net-vhost23 qemu-system-x86 busybox-static linux-image-amd64 cpio)
+    librte-net-virtio23 librte-net-vhost23 librte-net-af-xdp23 qemu-system-x86 busybox-static
+    linux-image-amd64 cpio)

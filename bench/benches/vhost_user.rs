@@ -26,82 +26,21 @@
 
 #![allow(missing_docs)]
 
-use std::io::{IoSliceMut, Read};
+use std::io::IoSliceMut;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use net_api::loopback::{pair, LoopbackConfig, LoopbackQueue};
 use net_api::{Backend, OffloadSet, QueuePair};
 use net_vhostuser::backend::{NetBackend, ServeConfig};
 use net_vhostuser::server::Server;
-use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+use nix::sched::{sched_getaffinity, CpuSet};
 use nix::unistd::Pid;
 
-const TESTPMD: &str = "/usr/bin/dpdk-testpmd";
+#[path = "common/testpmd.rs"]
+mod testpmd;
 
-/// A testpmd, killed and its runtime directory removed on drop.
-struct Testpmd {
-    child: Child,
-    prefix: String,
-}
-
-impl Testpmd {
-    fn start(prefix: &str, cpu: usize, vdev: &str, fwd: &str) -> Testpmd {
-        let child = Command::new(TESTPMD)
-            .args([
-                "--no-huge",
-                "-m",
-                "1024",
-                "--no-pci",
-                &format!("--lcores=0@{cpu},1@{cpu}"),
-                &format!("--file-prefix={prefix}"),
-                &format!("--vdev={vdev}"),
-                "--",
-                &format!("--forward-mode={fwd}"),
-                "--nb-cores=1",
-                "--txpkts=64",
-                "-a",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting dpdk-testpmd");
-        Testpmd {
-            child,
-            prefix: prefix.to_string(),
-        }
-    }
-
-    /// Stops it (stdin closed) and returns its output with the totals.
-    fn stop(mut self) -> String {
-        drop(self.child.stdin.take());
-        let mut out = String::new();
-        if let Some(mut o) = self.child.stdout.take() {
-            let _ = o.read_to_string(&mut out);
-        }
-        out
-    }
-}
-
-impl Drop for Testpmd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{}", self.prefix));
-    }
-}
-
-fn last_number_after(text: &str, key: &str) -> Option<u64> {
-    text.rmatch_indices(key).next().and_then(|(i, _)| {
-        text[i + key.len()..]
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    })
-}
+use testpmd::{last_number_after, pin, Testpmd, TESTPMD};
 
 fn wait_for(path: &Path) {
     let end = Instant::now() + Duration::from_secs(20);
@@ -109,12 +48,6 @@ fn wait_for(path: &Path) {
         assert!(Instant::now() < end, "{} never appeared", path.display());
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn pin(cpu: usize) {
-    let mut set = CpuSet::new();
-    set.set(cpu).expect("cpu index");
-    sched_setaffinity(Pid::from_raw(0), &set).expect("pinning");
 }
 
 /// The far end of the loopback: takes every frame and drops it.
@@ -137,10 +70,13 @@ fn drop_sink(mut q: LoopbackQueue) {
 fn drive(prefix: &str, cpu: usize, sock: &Path, secs: u64) -> Duration {
     let start = Instant::now();
     let pmd = Testpmd::start(
+        None,
         prefix,
         cpu,
         &format!("net_virtio_user0,path={},queues=1", sock.display()),
         "txonly",
+        64,
+        &[],
     );
     std::thread::sleep(Duration::from_secs(secs));
     let _ = pmd.stop();
@@ -181,10 +117,13 @@ fn ours(dir: &Path, backend_cpu: usize, frontend_cpu: usize, secs: u64) -> (u64,
 fn dpdk(dir: &Path, backend_cpu: usize, frontend_cpu: usize, secs: u64) -> (u64, Duration) {
     let sock = dir.join("dpdk.sock");
     let backend = Testpmd::start(
+        None,
         &format!("volt-bench-vh-{}", std::process::id()),
         backend_cpu,
         &format!("net_vhost0,iface={},queues=1", sock.display()),
         "rxonly",
+        64,
+        &[],
     );
     wait_for(&sock);
     let ran = drive(

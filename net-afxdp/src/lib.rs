@@ -433,20 +433,40 @@ impl AfXdp {
             .iface
             .parse()
             .map_err(|_| Error::Config(format!("interface name {}", self.cfg.iface)))?;
-        // SAFETY: INHIBIT_PROG_LOAD is set, as xsk-rs requires when a pair already bound with
-        // this UMEM is bound again (the interface's other VMs).
-        unsafe { Socket::new(config, &iface.umem, &ifname, u32::from(index)) }.map_err(|e| {
+        // A socket of a process that just died releases the queue a moment later (the
+        // kernel frees it in deferred work): EBUSY is retried for up to a second.
+        let mut tries = 0;
+        loop {
+            // SAFETY: INHIBIT_PROG_LOAD is set, as xsk-rs requires when a pair already bound
+            // with this UMEM is bound again (the interface's other VMs).
+            let res = unsafe { Socket::new(config, &iface.umem, &ifname, u32::from(index)) };
+            let e = match res {
+                Ok(bound) => return Ok(bound),
+                Err(e) => e,
+            };
+            let os = std::error::Error::source(&e)
+                .and_then(|s| s.downcast_ref::<std::io::Error>())
+                .and_then(std::io::Error::raw_os_error);
+            tries += 1;
+            if os == Some(nix::libc::EBUSY) && tries < 20 {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                continue;
+            }
             let hint = if zero_copy {
                 "binding zero-copy (the driver may not have it)"
             } else {
                 "binding an AF_XDP socket (needs CAP_NET_RAW)"
             };
-            Error::io(
+            let source = match os {
+                Some(code) => std::io::Error::from_raw_os_error(code),
+                None => std::io::Error::other(e.to_string()),
+            };
+            return Err(Error::io(
                 hint,
                 &format!("{} queue {index}", self.cfg.iface),
-                std::io::Error::other(e.to_string()),
-            )
-        })
+                source,
+            ));
+        }
     }
 }
 
@@ -707,8 +727,8 @@ impl QueuePair for AfXdpQueue {
     }
 
     fn send(&mut self, frames: &[TxFrame<'_>]) -> net_api::Result<usize> {
-        if self.tx_cache.len() < frames.len().min(BATCH) {
-            self.take_chunks(BATCH);
+        if self.tx_cache.len() < frames.len() {
+            self.take_chunks(frames.len().max(BATCH));
         }
         let mut batch: Vec<FrameDesc> = Vec::with_capacity(frames.len().min(self.tx_cache.len()));
         let mut done = 0;
@@ -760,13 +780,23 @@ impl QueuePair for AfXdpQueue {
         for d in &batch {
             self.stats.count_tx(d.lengths().data());
         }
-        if self.tx.needs_wakeup() {
+        // In copy mode each wakeup (sendto) transmits at most a kernel batch (32 frames):
+        // kick until the kernel has taken the whole ring, or frames would sit there until
+        // the next send.
+        let ring = self.vm.iface.ring_size;
+        for _ in 0..(n / 32 + 2) {
+            if !self.tx.needs_wakeup() {
+                break;
+            }
             if let Err(e) = self.tx.wakeup() {
                 return Err(net_api::Error::Io {
                     op: "sendto (AF_XDP wakeup)",
                     target: self.target.clone(),
                     source: e,
                 });
+            }
+            if self.tx.nb_free(ring) >= ring {
+                break;
             }
         }
         Ok(done)

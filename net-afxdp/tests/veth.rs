@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use net_afxdp::{AfXdp, AfXdpConfig, AfXdpQueue, AttachMode, ZeroCopy};
 use net_api::{Backend, MacAddr, QueuePair, TxFrame, VirtioNetHdr};
-use net_macvtap::testns::NetNs;
+use net_macvtap::testns::{NetNs, VethPair};
 use nix::libc;
 
 fn is_root() -> bool {
@@ -18,7 +18,7 @@ fn is_root() -> bool {
 }
 
 /// Namespaces `A` and `B` joined by a veth (`va` - `vb`) with `queues` queues each, up,
-/// addressed.
+/// addressed (10.9.0.1 and 10.9.0.2).
 struct Pair {
     a: NetNs,
     b: NetNs,
@@ -35,32 +35,7 @@ fn sh(args: &[&str]) -> String {
 
 impl Pair {
     fn new(tag: &str, queues: u16) -> Pair {
-        let a = NetNs::new(&format!("{tag}a")).expect("namespace A");
-        let b = NetNs::new(&format!("{tag}b")).expect("namespace B");
-        let q = queues.to_string();
-        sh(&[
-            "ip",
-            "link",
-            "add",
-            "va",
-            "netns",
-            a.name(),
-            "numtxqueues",
-            &q,
-            "numrxqueues",
-            &q,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "vb",
-            "netns",
-            b.name(),
-            "numtxqueues",
-            &q,
-            "numrxqueues",
-            &q,
-        ]);
+        let VethPair { a, b } = VethPair::new(tag, "va", "vb", queues).expect("a veth pair");
         sh(&[
             "ip",
             "-n",
@@ -81,8 +56,6 @@ impl Pair {
             "dev",
             "vb",
         ]);
-        sh(&["ip", "-n", a.name(), "link", "set", "va", "up"]);
-        sh(&["ip", "-n", b.name(), "link", "set", "vb", "up"]);
         Pair { a, b }
     }
 
@@ -282,24 +255,26 @@ fn one_vm(tag: &str, mode: AttachMode) {
             "ping from B to the host side: {ping:?}"
         );
 
-        // VM -> peer.
-        let out = frame(vb, VM1, 0xfeed, 200);
-        let data = [IoSlice::new(&out)];
-        let n = q
-            .send(&[TxFrame {
+        // VM -> peer: one batch of 100 frames (more than the kernel sends per wakeup in copy
+        // mode), every one arriving, the last one whole.
+        let outs: Vec<Vec<u8>> = (0..100).map(|i| frame(vb, VM1, 0xf000 + i, 200)).collect();
+        let datas: Vec<[IoSlice<'_>; 1]> = outs.iter().map(|o| [IoSlice::new(o)]).collect();
+        let batch: Vec<TxFrame<'_>> = datas
+            .iter()
+            .map(|d| TxFrame {
                 hdr: VirtioNetHdr::PLAIN,
-                data: &data,
-            }])
-            .expect("send");
-        assert_eq!(n, 1);
-        let seen = peer.wait_for(|f| tag_of(f) == Some(0xfeed));
+                data: d,
+            })
+            .collect();
+        assert_eq!(q.send(&batch).expect("send"), 100);
+        let last = peer.wait_for(|f| tag_of(f) == Some(0xf000 + 99));
         assert_eq!(
-            seen.as_deref(),
-            Some(&out[..]),
-            "the VM's frame reaches the peer whole"
+            last.as_deref(),
+            Some(&outs[99][..]),
+            "the VM's last frame reaches the peer whole"
         );
         assert_eq!(q.stats().rx_packets, 20);
-        assert_eq!(q.stats().tx_packets, 1);
+        assert_eq!(q.stats().tx_packets, 100);
     }
     assert_eq!(pair.xdp_on_va(), None, "no XDP program left on va");
 }

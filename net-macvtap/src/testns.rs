@@ -138,3 +138,59 @@ impl Drop for NetNs {
         }
     }
 }
+
+/// Two namespaces joined by a veth pair: `a_dev` in `a`, `b_dev` in `b`, `queues` queues each,
+/// both up. The namespaces (and the pair) go when dropped.
+#[derive(Debug)]
+pub struct VethPair {
+    /// The first namespace.
+    pub a: NetNs,
+    /// The second namespace.
+    pub b: NetNs,
+}
+
+impl VethPair {
+    /// Namespaces `<tag>a` and `<tag>b` and the pair between them.
+    pub fn new(tag: &str, a_dev: &str, b_dev: &str, queues: u16) -> io::Result<VethPair> {
+        let a = NetNs::new(&format!("{tag}a"))?;
+        let b = NetNs::new(&format!("{tag}b"))?;
+        let q = queues.to_string();
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                a_dev,
+                "netns",
+                a.name(),
+                "numtxqueues",
+                &q,
+                "numrxqueues",
+                &q,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                b_dev,
+                "netns",
+                b.name(),
+                "numtxqueues",
+                &q,
+                "numrxqueues",
+                &q,
+            ],
+        )?;
+        run("ip", &["-n", a.name(), "link", "set", a_dev, "up"])?;
+        run("ip", &["-n", b.name(), "link", "set", b_dev, "up"])?;
+        Ok(VethPair { a, b })
+    }
+
+    /// A counter of `dev` in namespace `ns` (`rx_packets`...), from its sysfs statistics.
+    pub fn counter(ns: &NetNs, dev: &str, name: &str) -> io::Result<u64> {
+        let out = ns.exec(&["cat", &format!("/sys/class/net/{dev}/statistics/{name}")])?;
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .map_err(io::Error::other)
+    }
+}

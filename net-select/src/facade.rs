@@ -14,8 +14,9 @@
 //! ```
 //!
 //! Backends come from cargo features: `macvtap` (TAP and macvtap, default), `vhostuser`
-//! (the frontend to an external switch, default), `afxdp` (AF_XDP; needs clang and libelf to
-//! build). A choice whose feature is off is an error that names the feature.
+//! (the frontend to an external switch, default), `afxdp` (AF_XDP, native mode, zero-copy
+//! when the decision saw it; needs clang and libelf to build, and the guest's MAC in
+//! [`OpenOptions::mac`]). A choice whose feature is off is an error that names the feature.
 
 use net_api::{Backend, Capabilities, MacAddr, QueuePair};
 
@@ -98,6 +99,9 @@ pub enum AnyBackend {
     /// A macvtap (deleted when dropped).
     #[cfg(feature = "macvtap")]
     Macvtap(OwnedMacvtap),
+    /// AF_XDP sockets (the XDP program goes with the interface's last VM).
+    #[cfg(feature = "afxdp")]
+    Afxdp(net_afxdp::AfXdp),
 }
 
 impl Backend for AnyBackend {
@@ -109,6 +113,8 @@ impl Backend for AnyBackend {
             AnyBackend::Tap(b) => b.name(),
             #[cfg(feature = "macvtap")]
             AnyBackend::Macvtap(b) => b.backend.name(),
+            #[cfg(feature = "afxdp")]
+            AnyBackend::Afxdp(b) => b.name(),
             // No backend feature: the enum has no values.
             #[allow(unreachable_patterns)]
             _ => unreachable!(),
@@ -121,6 +127,8 @@ impl Backend for AnyBackend {
             AnyBackend::Tap(b) => b.capabilities(),
             #[cfg(feature = "macvtap")]
             AnyBackend::Macvtap(b) => b.backend.capabilities(),
+            #[cfg(feature = "afxdp")]
+            AnyBackend::Afxdp(b) => b.capabilities(),
             #[allow(unreachable_patterns)]
             _ => unreachable!(),
         }
@@ -132,6 +140,8 @@ impl Backend for AnyBackend {
             AnyBackend::Tap(b) => Ok(Box::new(b.open_queue_pair(index)?)),
             #[cfg(feature = "macvtap")]
             AnyBackend::Macvtap(b) => Ok(Box::new(b.backend.open_queue_pair(index)?)),
+            #[cfg(feature = "afxdp")]
+            AnyBackend::Afxdp(b) => Ok(Box::new(b.open_queue_pair(index)?)),
             #[allow(unreachable_patterns)]
             _ => unreachable!("queue pair {index} of a backend that cannot exist"),
         }
@@ -156,19 +166,42 @@ pub fn open(decision: &Decision, opts: &OpenOptions) -> Result<Opened, OpenError
         Choice::Tap => open_tap(opts),
         Choice::Macvtap { mode } => open_macvtap(&decision.interface, *mode, opts),
         Choice::VhostUser { socket } => open_vhost_user(socket, opts),
-        Choice::Afxdp { .. } => {
-            if cfg!(feature = "afxdp") {
-                Err(OpenError::Unavailable(
-                    "AF_XDP was chosen, but net-afxdp has no backend yet: choose macvtap for now (drop --throughput above 25 Gb/s)".into(),
-                ))
-            } else {
-                Err(OpenError::NotBuilt {
-                    backend: decision.choice.label(),
-                    feature: "afxdp",
-                })
-            }
-        }
+        Choice::Afxdp { zero_copy } => open_afxdp(decision, *zero_copy, opts),
     }
+}
+
+#[cfg(feature = "afxdp")]
+fn open_afxdp(
+    decision: &Decision,
+    zero_copy: bool,
+    opts: &OpenOptions,
+) -> Result<Opened, OpenError> {
+    let mac = opts.mac.ok_or_else(|| {
+        OpenError::Unavailable(
+            "AF_XDP steers frames by the guest's MAC: give OpenOptions::mac".into(),
+        )
+    })?;
+    let cfg = net_afxdp::AfXdpConfig {
+        queues: opts.queues,
+        attach: net_afxdp::AttachMode::Native,
+        // The decision saw zero-copy: insist on it; otherwise copy mode, said so.
+        zero_copy: if zero_copy {
+            net_afxdp::ZeroCopy::Require
+        } else {
+            net_afxdp::ZeroCopy::Off
+        },
+        ..net_afxdp::AfXdpConfig::new(&decision.interface, mac)
+    };
+    let backend = net_afxdp::AfXdp::open(cfg).map_err(|e| OpenError::Unavailable(e.to_string()))?;
+    Ok(Opened::Datapath(AnyBackend::Afxdp(backend)))
+}
+
+#[cfg(not(feature = "afxdp"))]
+fn open_afxdp(decision: &Decision, _: bool, _: &OpenOptions) -> Result<Opened, OpenError> {
+    Err(OpenError::NotBuilt {
+        backend: decision.choice.label(),
+        feature: "afxdp",
+    })
 }
 
 #[cfg(feature = "macvtap")]

@@ -84,3 +84,46 @@ fn a_macvtap_and_a_tap_open_and_go_away() {
         "a TAP goes with its last fd"
     );
 }
+
+/// With the `afxdp` feature: AF_XDP opens in native mode on a veth (copy mode: the decision
+/// saw no zero-copy), needs the guest's MAC, and takes its XDP program with it.
+#[cfg(feature = "afxdp")]
+#[test]
+fn afxdp_opens_on_a_veth_and_leaves_nothing() {
+    if !is_root() {
+        println!("SKIPPED afxdp_opens_on_a_veth_and_leaves_nothing: needs root");
+        return;
+    }
+    let ns = net_macvtap::testns::NetNs::new("vfx").expect("namespace");
+    let _inside = ns.enter().expect("entering the namespace");
+    let mut nl = net_macvtap::netlink::Netlink::open().expect("netlink");
+    nl.create_veth("xa0", "xb0").expect("veth");
+    nl.set_up("xa0", true).expect("up");
+    nl.set_up("xb0", true).expect("up");
+    let d = decision("xa0", Choice::Afxdp { zero_copy: false });
+    let e = open(&d, &OpenOptions::new("unused", 1)).expect_err("no MAC");
+    assert!(e.to_string().contains("MAC"), "{e}");
+    let opts = OpenOptions {
+        mac: Some(net_api::MacAddr([0x02, 0, 0, 0, 0x11, 0x01])),
+        ..OpenOptions::new("unused", 1)
+    };
+    let Opened::Datapath(mut backend) = open(&d, &opts).expect("opening AF_XDP") else {
+        panic!("a datapath");
+    };
+    assert!(matches!(backend, AnyBackend::Afxdp(_)));
+    assert!(
+        !backend.capabilities().vnet_hdr,
+        "AF_XDP carries no virtio-net header"
+    );
+    let q = backend.open_queue_pair(0).expect("queue pair 0");
+    drop(q);
+    drop(backend);
+    let out = std::process::Command::new("ip")
+        .args(["link", "show", "xa0"])
+        .output()
+        .expect("ip link");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("prog/xdp"),
+        "no XDP program left"
+    );
+}

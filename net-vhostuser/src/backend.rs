@@ -401,7 +401,7 @@ fn lock<Q>(p: &Mutex<Pair<Q>>) -> std::sync::MutexGuard<'_, Pair<Q>> {
 
 impl<B: Backend + Send + Sync> VhostUserBackend for NetBackend<B>
 where
-    B::Queue: Send + Sync,
+    B::Queue: Send,
 {
     type Bitmap = ();
     type Vring = VringRwLock<Mem>;

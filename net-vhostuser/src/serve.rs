@@ -31,6 +31,9 @@ pub enum Kind {
     Macvtap,
     /// An in-memory loopback that echoes frames back (for tests).
     Loopback,
+    /// AF_XDP sockets on an interface (native XDP, copy mode; `--mac` is the guest's).
+    #[cfg(feature = "afxdp")]
+    Afxdp,
 }
 
 /// Serve a volt-net backend to a vhost-user frontend.
@@ -42,14 +45,14 @@ pub struct ServeArgs {
     /// The host side (AF_XDP comes with net-afxdp).
     #[arg(long, value_enum)]
     pub backend: Kind,
-    /// The TAP or macvtap interface.
-    #[arg(long, required_if_eq_any([("backend", "tap"), ("backend", "macvtap")]))]
+    /// The TAP, macvtap or AF_XDP interface.
+    #[arg(long, required_if_eq_any([("backend", "tap"), ("backend", "macvtap"), ("backend", "afxdp")]))]
     pub iface: Option<String>,
     /// Queue pairs.
     #[arg(long, default_value_t = 1)]
     pub queues: u16,
-    /// MAC address for the loopback backend.
-    #[arg(long)]
+    /// The guest's MAC: the loopback's address, and what AF_XDP steers to the guest.
+    #[arg(long, required_if_eq("backend", "afxdp"))]
     pub mac: Option<MacAddr>,
     /// The largest ring the frontend may use (a power of two; QEMU's rx_queue_size and
     /// tx_queue_size must not exceed it).
@@ -114,6 +117,17 @@ pub fn run(args: &ServeArgs) -> ExitCode {
                 .and_then(|b| serve(args, b, cfg))
         }
         Kind::Loopback => loopback(args).and_then(|b| serve(args, b, cfg)),
+        #[cfg(feature = "afxdp")]
+        Kind::Afxdp => {
+            let iface = args.iface.clone().unwrap_or_default();
+            let mac = args.mac.unwrap_or(MacAddr([0x02, 0, 0, 0, 0, 1]));
+            net_afxdp::AfXdp::open(net_afxdp::AfXdpConfig {
+                queues: args.queues,
+                ..net_afxdp::AfXdpConfig::new(&iface, mac)
+            })
+            .map_err(|e| e.to_string())
+            .and_then(|b| serve(args, b, cfg))
+        }
     };
     let _ = std::fs::remove_file(&args.socket);
     match res {
@@ -206,7 +220,7 @@ fn far_end(mut q: net_api::loopback::LoopbackQueue, mode: LoopbackMode) {
 fn serve<B>(args: &ServeArgs, backend: B, cfg: ServeConfig) -> Result<(), String>
 where
     B: Backend + Send + Sync + 'static,
-    B::Queue: Send + Sync,
+    B::Queue: Send,
 {
     let device = NetBackend::new(backend, cfg).map_err(|e| e.to_string())?;
     let name = device.name().to_string();

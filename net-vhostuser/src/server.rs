@@ -278,7 +278,7 @@ pub struct Session {
 pub struct Server<B: Backend>
 where
     B: Send + Sync + 'static,
-    B::Queue: Send + Sync,
+    B::Queue: Send,
 {
     backend: Arc<NetBackend<B>>,
     daemon: VhostUserDaemon<Arc<NetBackend<B>>>,
@@ -292,7 +292,7 @@ where
 impl<B> Server<B>
 where
     B: Backend + Send + Sync + 'static,
-    B::Queue: Send + Sync,
+    B::Queue: Send,
 {
     /// Listens on `socket` (a stale socket file there is replaced) for frontends of
     /// `backend`.

@@ -228,9 +228,9 @@ fn our_frontend_and_our_server_echo_frames() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Posts receive buffers, sends 100 frames, and checks that the echo fills the buffers.
-fn echo(mem: &GuestMemoryMmap, rings: &mut Rings, who: &str) {
-    for i in 0..u64::from(RING) {
+/// Posts `n` 2048-byte receive buffers and kicks.
+fn post_rx(mem: &GuestMemoryMmap, rings: &mut Rings, n: u64) {
+    for i in 0..n {
         rings
             .rx
             .add_chain(
@@ -244,6 +244,11 @@ fn echo(mem: &GuestMemoryMmap, rings: &mut Rings, who: &str) {
             .expect("a receive buffer");
     }
     let _ = rings.rx_kick.write(1);
+}
+
+/// Posts receive buffers, sends 100 frames, and checks that the echo fills the buffers.
+fn echo(mem: &GuestMemoryMmap, rings: &mut Rings, who: &str) {
+    post_rx(mem, rings, u64::from(RING));
     assert_eq!(
         send(mem, rings, 100),
         100,
@@ -355,5 +360,129 @@ fn qemu_ordered_session(sock: &Path, mem: &GuestMemoryMmap) -> Rings {
         tx,
         rx_kick,
         tx_kick,
+    }
+}
+
+/// `volt-net-serve --backend afxdp` (built with the `afxdp` feature) on `va` in a namespace,
+/// with our frontend as the guest: frames the guest sends leave through `va` to its peer
+/// `vb`, and pings from the peer to the guest's address (its MAC as a static neighbour) land
+/// in the guest's receive ring. Needs root.
+#[cfg(feature = "afxdp")]
+#[test]
+fn the_daemon_serves_af_xdp() {
+    use net_macvtap::testns::VethPair;
+    use std::process::Command;
+
+    if !nix::unistd::geteuid().is_root() {
+        println!("SKIPPED the_daemon_serves_af_xdp: needs root (namespaces, XDP)");
+        return;
+    }
+    let sh = |args: &[&str]| {
+        let out = Command::new(args[0])
+            .args(&args[1..])
+            .output()
+            .expect("running a command");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let VethPair { a, b } = VethPair::new("vx", "va", "vb", 1).expect("a veth pair");
+    sh(&[
+        "ip",
+        "-n",
+        b.name(),
+        "addr",
+        "add",
+        "10.9.0.2/24",
+        "dev",
+        "vb",
+    ]);
+    let guest = "02:00:00:00:cc:01";
+    sh(&[
+        "ip",
+        "-n",
+        b.name(),
+        "neigh",
+        "add",
+        "10.9.0.7",
+        "lladdr",
+        guest,
+        "dev",
+        "vb",
+        "nud",
+        "permanent",
+    ]);
+    let vb_rx = || VethPair::counter(&b, "vb", "rx_packets").expect("vb's rx_packets");
+
+    let dir = std::env::temp_dir().join(format!("volt-fe-afxdp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let sock = dir.join("vu.sock");
+    let _serve = dpdk::Child(
+        Command::new("ip")
+            .args(["netns", "exec", a.name()])
+            .arg(env!("CARGO_BIN_EXE_volt-net-serve"))
+            .args([
+                "--socket",
+                sock.to_str().expect("utf-8"),
+                "--backend",
+                "afxdp",
+            ])
+            .args(["--iface", "va", "--mac", guest])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("volt-net-serve"),
+    );
+    assert!(dpdk::wait_for_path(&sock, Duration::from_secs(10)));
+    let mut net = VhostUserNet::connect(&sock, 1).expect("connecting to volt-net-serve");
+    net.set_features(1 << 32).expect("SET_FEATURES");
+    let mem = shared_memory();
+    net.set_memory(&mem).expect("SET_MEM_TABLE");
+    let mut rings = start(&mut net, &mem);
+    post_rx(&mem, &mut rings, 64);
+
+    // Guest -> peer.
+    let before = vb_rx();
+    assert_eq!(
+        send(&mem, &mut rings, 50),
+        50,
+        "the daemon took every frame"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while vb_rx() < before + 50 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(vb_rx() >= before + 50, "the guest's frames left through va");
+
+    // Peer -> guest: ICMP echo requests to the guest's MAC (nobody answers them).
+    let _ = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            b.name(),
+            "ping",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "10.9.0.7",
+        ])
+        .output();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while got.len() < 3 && Instant::now() < deadline {
+        got.extend(rings.rx.take_used(&mem));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(got.len() >= 3, "the pings reached the guest: {}", got.len());
+    for (_, len, descs) in &got {
+        let bytes = net_virtio::mock::gather(&mem, descs, *len as usize);
+        // 12-byte virtio-net header, then the frame for the guest's MAC.
+        assert_eq!(
+            &bytes[12..18],
+            &[0x02, 0, 0, 0, 0xcc, 0x01],
+            "for the guest"
+        );
     }
 }
