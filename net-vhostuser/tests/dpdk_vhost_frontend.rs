@@ -20,6 +20,23 @@ const RING: u16 = 256;
 const FRAME: usize = 72;
 const BUFFERS: u64 = 0x10_0000;
 
+/// A directory under the temp dir, removed when dropped (also when a test fails).
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(name);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Guest memory in a memfd, as a VMM shares it.
 fn shared_memory() -> GuestMemoryMmap {
     let fd = nix::sys::memfd::memfd_create(c"volt-guest", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
@@ -137,9 +154,8 @@ fn frames_we_push_arrive_in_dpdk_net_vhost_and_again_after_it_restarts() {
         return;
     };
     let tag = format!("volt-vfe-{}", std::process::id());
-    let dir = std::env::temp_dir().join(&tag);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let sock = dir.join("vhost.sock");
+    let dir = TempDir::new(&tag);
+    let sock = dir.0.join("vhost.sock");
     let mem = shared_memory();
 
     let pmd = vhost_pmd(tpmd, &format!("{tag}-a"), &sock);
@@ -165,7 +181,6 @@ fn frames_we_push_arrive_in_dpdk_net_vhost_and_again_after_it_restarts() {
     std::thread::sleep(Duration::from_millis(500));
     let out = pmd.stop();
     println!("second testpmd received {}", testpmd_rx(&out));
-    let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(second, 3000, "the new net_vhost completed every frame");
     assert_eq!(
         testpmd_rx(&out),
@@ -179,9 +194,8 @@ fn frames_we_push_arrive_in_dpdk_net_vhost_and_again_after_it_restarts() {
 /// ring. Needs no privileges.
 #[test]
 fn our_frontend_and_our_server_echo_frames() {
-    let dir = std::env::temp_dir().join(format!("volt-fe-echo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let sock = dir.join("vu.sock");
+    let dir = TempDir::new(&format!("volt-fe-echo-{}", std::process::id()));
+    let sock = dir.0.join("vu.sock");
     let _serve = dpdk::Child(
         std::process::Command::new(env!("CARGO_BIN_EXE_volt-net-serve"))
             .args([
@@ -225,7 +239,6 @@ fn our_frontend_and_our_server_echo_frames() {
         &mut rings2,
         "a QEMU-ordered frontend after one that vanished",
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Posts `n` 2048-byte receive buffers and kicks.
@@ -413,9 +426,8 @@ fn the_daemon_serves_af_xdp() {
     ]);
     let vb_rx = || VethPair::counter(&b, "vb", "rx_packets").expect("vb's rx_packets");
 
-    let dir = std::env::temp_dir().join(format!("volt-fe-afxdp-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let sock = dir.join("vu.sock");
+    let dir = TempDir::new(&format!("volt-fe-afxdp-{}", std::process::id()));
+    let sock = dir.0.join("vu.sock");
     let _serve = dpdk::Child(
         Command::new("ip")
             .args(["netns", "exec", a.name()])
@@ -474,7 +486,6 @@ fn the_daemon_serves_af_xdp() {
         got.extend(rings.rx.take_used(&mem));
         std::thread::sleep(Duration::from_millis(10));
     }
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(got.len() >= 3, "the pings reached the guest: {}", got.len());
     for (_, len, descs) in &got {
         let bytes = net_virtio::mock::gather(&mem, descs, *len as usize);
