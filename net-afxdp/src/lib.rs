@@ -387,10 +387,18 @@ impl AfXdp {
                 e.into(),
             )
         })?;
-        let mtu = std::fs::read_to_string(format!("/sys/class/net/{}/mtu", cfg.iface))
-            .ok()
-            .and_then(|s| s.trim().parse::<u16>().ok())
-            .unwrap_or(1500);
+        let mtu = link_mtu(&cfg.iface).map_err(|e| Error::io("reading the MTU", &cfg.iface, e))?;
+        // A frame must fit one chunk: no multi-buffer (XDP_USE_SG).
+        let room = cfg.frame_size - XDP_HEADROOM;
+        if u32::from(mtu) + 18 > room {
+            return Err(Error::Config(format!(
+                "{} has MTU {mtu}, so frames of up to {} bytes (with a VLAN tag), but a {}-byte chunk holds {room} after XDP's headroom, and multi-buffer AF_XDP is not supported: lower the MTU to {} or use 4096-byte chunks",
+                cfg.iface,
+                u32::from(mtu) + 18,
+                cfg.frame_size,
+                room - 18
+            )));
+        }
         let iface = Iface::get(&cfg, ifindex)?;
         let slot = iface.steering.add_vm(cfg.mac, cfg.broadcast)?;
         let vm = Arc::new(Vm {
@@ -571,6 +579,37 @@ impl Backend for AfXdp {
         self.opened[usize::from(index)] = true;
         Ok(q)
     }
+}
+
+/// The MTU of `ifname` in the calling thread's network namespace (`SIOCGIFMTU`; sysfs shows
+/// the namespace it was mounted in, not the thread's).
+fn link_mtu(ifname: &str) -> std::io::Result<u16> {
+    use nix::libc;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    if ifname.len() >= libc::IFNAMSIZ {
+        return Err(std::io::Error::other("interface name too long"));
+    }
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh fd nobody else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: ifreq is plain data; zeroed is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(ifname.bytes()) {
+        *d = s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFMTU reads the name from and writes the MTU into `req`, which lives
+    // across the call.
+    let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut req) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFMTU filled the `ifru_mtu` member of the union.
+    let mtu = unsafe { req.ifr_ifru.ifru_mtu };
+    Ok(u16::try_from(mtu).unwrap_or(u16::MAX))
 }
 
 /// `SO_PREFER_BUSY_POLL`, `SO_BUSY_POLL` (20 µs) and `SO_BUSY_POLL_BUDGET` (64) on `fd`.

@@ -405,6 +405,33 @@ fn bad_input_is_refused_with_reasons() {
     })
     .expect_err("zero-copy in skb mode");
     assert!(e.to_string().contains("zero-copy"), "{e}");
+    // An MTU whose frames do not fit a chunk is refused, with what to do.
+    sh(&[
+        "ip",
+        "-n",
+        pair.a.name(),
+        "link",
+        "set",
+        "va",
+        "mtu",
+        "3000",
+    ]);
+    let e = AfXdp::open(AfXdpConfig {
+        frame_size: 2048,
+        ..config(VM1, AttachMode::Skb, 1)
+    })
+    .expect_err("MTU 3000 in 2048-byte chunks");
+    assert!(e.to_string().contains("lower the MTU"), "{e}");
+    sh(&[
+        "ip",
+        "-n",
+        pair.a.name(),
+        "link",
+        "set",
+        "va",
+        "mtu",
+        "1500",
+    ]);
     let mut be = AfXdp::open(config(VM1, AttachMode::Skb, 1)).expect("opening");
     let mut q = be.open_queue_pair(0).expect("queue");
     let big = vec![0u8; 5000];
