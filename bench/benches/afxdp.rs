@@ -41,20 +41,11 @@ use testpmd::{last_number_after, pin, Testpmd, TESTPMD};
 
 use net_afxdp::{AfXdp, AfXdpConfig, AttachMode, ZeroCopy};
 use net_api::{Backend, MacAddr, QueuePair, TxFrame, VirtioNetHdr};
-use net_macvtap::testns::{NetNs, VethPair};
+use net_macvtap::testns::{sh, NetNs, VethPair};
 use nix::sched::{sched_getaffinity, CpuSet};
 use nix::unistd::Pid;
 
 const VM: MacAddr = MacAddr([0x02, 0, 0, 0, 0xbe, 0x01]);
-
-fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("running a command");
-    assert!(out.status.success(), "{args:?}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 struct Rig {
     a: NetNs,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use net_afxdp::{AfXdp, AfXdpConfig, AfXdpQueue, AttachMode, ZeroCopy};
 use net_api::{Backend, MacAddr, QueuePair, TxFrame, VirtioNetHdr};
-use net_macvtap::testns::{NetNs, VethPair};
+use net_macvtap::testns::{sh, NetNs, VethPair};
 use nix::libc;
 
 fn is_root() -> bool {
@@ -22,15 +22,6 @@ fn is_root() -> bool {
 struct Pair {
     a: NetNs,
     b: NetNs,
-}
-
-fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("running a command");
-    assert!(out.status.success(), "{args:?}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 impl Pair {
@@ -395,43 +386,41 @@ fn bad_input_is_refused_with_reasons() {
     }
     let pair = Pair::new("axe", 1);
     let _in_a = pair.a.enter().expect("entering A");
-    let e = AfXdp::open(AfXdpConfig::new("nosuch0", VM1)).expect_err("no such interface");
-    assert!(e.to_string().contains("nosuch0"), "{e}");
-    let e = AfXdp::open(config(MacAddr([0xff; 6]), AttachMode::Skb, 1)).expect_err("broadcast MAC");
-    assert!(e.to_string().contains("unicast"), "{e}");
-    let e = AfXdp::open(AfXdpConfig {
-        zero_copy: ZeroCopy::Require,
-        ..config(VM1, AttachMode::Skb, 1)
-    })
-    .expect_err("zero-copy in skb mode");
-    assert!(e.to_string().contains("zero-copy"), "{e}");
+    // Each refusal says what was wrong.
+    let refused = |cfg: AfXdpConfig, what: &str, says: &str| {
+        let e = AfXdp::open(cfg).expect_err(what);
+        assert!(e.to_string().contains(says), "{what}: {e}");
+    };
+    refused(
+        AfXdpConfig::new("nosuch0", VM1),
+        "no such interface",
+        "nosuch0",
+    );
+    refused(
+        config(MacAddr([0xff; 6]), AttachMode::Skb, 1),
+        "broadcast MAC",
+        "unicast",
+    );
+    refused(
+        AfXdpConfig {
+            zero_copy: ZeroCopy::Require,
+            ..config(VM1, AttachMode::Skb, 1)
+        },
+        "zero-copy in skb mode",
+        "zero-copy",
+    );
     // An MTU whose frames do not fit a chunk is refused, with what to do.
-    sh(&[
-        "ip",
-        "-n",
-        pair.a.name(),
-        "link",
-        "set",
-        "va",
-        "mtu",
-        "3000",
-    ]);
-    let e = AfXdp::open(AfXdpConfig {
-        frame_size: 2048,
-        ..config(VM1, AttachMode::Skb, 1)
-    })
-    .expect_err("MTU 3000 in 2048-byte chunks");
-    assert!(e.to_string().contains("lower the MTU"), "{e}");
-    sh(&[
-        "ip",
-        "-n",
-        pair.a.name(),
-        "link",
-        "set",
-        "va",
-        "mtu",
-        "1500",
-    ]);
+    let mtu = |m: &str| sh(&["ip", "-n", pair.a.name(), "link", "set", "va", "mtu", m]);
+    mtu("3000");
+    refused(
+        AfXdpConfig {
+            frame_size: 2048,
+            ..config(VM1, AttachMode::Skb, 1)
+        },
+        "MTU 3000 in 2048-byte chunks",
+        "lower the MTU",
+    );
+    mtu("1500");
     let mut be = AfXdp::open(config(VM1, AttachMode::Skb, 1)).expect("opening");
     let mut q = be.open_queue_pair(0).expect("queue");
     let big = vec![0u8; 5000];

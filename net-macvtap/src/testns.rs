@@ -194,3 +194,10 @@ impl VethPair {
             .map_err(io::Error::other)
     }
 }
+
+/// Runs a command (program first) and returns its stdout; panics with its output when it
+/// fails. For tests and benchmarks that have no failure path of their own.
+pub fn sh(args: &[&str]) -> String {
+    let out = run(args[0], &args[1..]).unwrap_or_else(|e| panic!("{e}"));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -383,21 +383,13 @@ fn qemu_ordered_session(sock: &Path, mem: &GuestMemoryMmap) -> Rings {
 #[cfg(feature = "afxdp")]
 #[test]
 fn the_daemon_serves_af_xdp() {
-    use net_macvtap::testns::VethPair;
+    use net_macvtap::testns::{sh, VethPair};
     use std::process::Command;
 
     if !nix::unistd::geteuid().is_root() {
         println!("SKIPPED the_daemon_serves_af_xdp: needs root (namespaces, XDP)");
         return;
     }
-    let sh = |args: &[&str]| {
-        let out = Command::new(args[0])
-            .args(&args[1..])
-            .output()
-            .expect("running a command");
-        assert!(out.status.success(), "{args:?}: {out:?}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
     let VethPair { a, b } = VethPair::new("vx", "va", "vb", 1).expect("a veth pair");
     sh(&[
         "ip",
