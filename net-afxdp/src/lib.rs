@@ -813,7 +813,7 @@ impl QueuePair for AfXdpQueue {
         let unsent = batch.len() - n;
         if unsent > 0 {
             self.tx_cache.extend(batch.drain(n..));
-            done = frames.len().min(done) - unsent;
+            done -= unsent;
             self.stats.tx_would_block += 1;
         }
         for d in &batch {
