@@ -28,16 +28,32 @@
 
 #![allow(missing_docs)]
 
-use std::io::{IoSlice, IoSliceMut};
+use net_api::{IoBuf, IoBufMut};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-#[path = "common/testpmd.rs"]
-mod testpmd;
+use volt_net_testkit::testpmd::{last_number_after, pin, Spec, Testpmd, TESTPMD};
 
-use testpmd::{last_number_after, pin, Testpmd, TESTPMD};
+/// testpmd in namespace `ns` on `cpu` (totals at the end, no periodic rates).
+fn testpmd(
+    ns: &str,
+    prefix: &str,
+    cpu: usize,
+    vdev: &str,
+    fwd: &str,
+    len: usize,
+    extra: &[String],
+) -> Testpmd {
+    Testpmd::start(&Spec {
+        netns: Some(ns.to_string()),
+        txpkts: Some(len),
+        periodic: false,
+        extra: extra.to_vec(),
+        ..Spec::new(prefix, cpu, vdev, fwd)
+    })
+}
 
 use net_afxdp::{AfXdp, AfXdpConfig, AttachMode, ZeroCopy};
 use net_api::{Backend, MacAddr, QueuePair, TxFrame, VirtioNetHdr};
@@ -136,7 +152,7 @@ fn tx_ours(rig: &Rig, cpu: usize, len: usize, secs: u64) -> f64 {
     let (stop, h) = ours(rig, cpu, move |mut be, stop| {
         let mut q = be.open_queue_pair(0).expect("queue");
         let f = frame(len, MacAddr([0x02, 0, 0, 0, 0xbe, 0x02]));
-        let data = [IoSlice::new(&f)];
+        let data = [IoBuf::from_slice(&f)];
         let batch = [TxFrame {
             hdr: VirtioNetHdr::PLAIN,
             data: &data,
@@ -154,8 +170,8 @@ fn tx_ours(rig: &Rig, cpu: usize, len: usize, secs: u64) -> f64 {
 }
 
 fn tx_dpdk(rig: &Rig, cpu: usize, len: usize, secs: u64) -> f64 {
-    let pmd = Testpmd::start(
-        Some(rig.a.name()),
+    let pmd = testpmd(
+        rig.a.name(),
         &format!("volt-bxt-{}", std::process::id()),
         cpu,
         "net_af_xdp0,iface=va",
@@ -173,8 +189,8 @@ fn tx_dpdk(rig: &Rig, cpu: usize, len: usize, secs: u64) -> f64 {
 fn feed(rig: &Rig, cpu: usize, len: usize, secs: u64) -> Duration {
     let sent = || VethPair::counter(&rig.b, "vb", "tx_packets").expect("vb's tx_packets");
     let before = sent();
-    let pmd = Testpmd::start(
-        Some(rig.b.name()),
+    let pmd = testpmd(
+        rig.b.name(),
         &format!("volt-bxf-{}", std::process::id()),
         cpu,
         "net_af_xdp0,iface=vb",
@@ -205,7 +221,7 @@ fn rx_ours(rig: &Rig, cpu: usize, feeder: usize, len: usize, secs: u64) -> f64 {
         let mut buf = vec![0u8; 2048];
         let mut n = 0u64;
         while !stop.load(Ordering::Relaxed) {
-            match q.recv(&mut [IoSliceMut::new(&mut buf)]).expect("recv") {
+            match q.recv(&[IoBufMut::from_mut_slice(&mut buf)]).expect("recv") {
                 Some(_) => n += 1,
                 None => std::hint::spin_loop(),
             }
@@ -224,8 +240,8 @@ fn rx_ours(rig: &Rig, cpu: usize, feeder: usize, len: usize, secs: u64) -> f64 {
 }
 
 fn rx_dpdk(rig: &Rig, cpu: usize, feeder: usize, len: usize, secs: u64) -> f64 {
-    let pmd = Testpmd::start(
-        Some(rig.a.name()),
+    let pmd = testpmd(
+        rig.a.name(),
         &format!("volt-bxr-{}", std::process::id()),
         cpu,
         "net_af_xdp0,iface=va",

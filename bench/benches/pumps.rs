@@ -14,7 +14,9 @@
 #![allow(missing_docs)]
 
 use std::hint::black_box;
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io;
+
+use net_api::{IoBuf, IoBufMut};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -131,7 +133,7 @@ fn tx(c: &mut Criterion) {
                     assert_eq!(n, BATCH);
                     while r
                         .peer
-                        .recv(&mut [IoSliceMut::new(&mut sink)])
+                        .recv(&[IoBufMut::from_mut_slice(&mut sink)])
                         .expect("drain")
                         .is_some()
                     {}
@@ -167,7 +169,7 @@ fn rx(c: &mut Criterion) {
                     for ch in &bufs {
                         r.drv.queues[0].add_chain(&r.drv.mem, ch).expect("chain");
                     }
-                    let data = [IoSlice::new(&f)];
+                    let data = [IoBuf::from_slice(&f)];
                     let frames = vec![
                         TxFrame {
                             hdr: VirtioNetHdr::PLAIN,

@@ -64,7 +64,9 @@
 
 use std::any::Any;
 use std::fmt::Write as _;
-use std::io::{self, IoSlice, IoSliceMut, Read};
+use std::io::{self, Read};
+
+use net_api::{IoBuf, IoBufMut};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -235,7 +237,7 @@ fn writer(
     frame: Vec<u8>,
 ) -> impl FnOnce(&AtomicBool, &AtomicU64) -> io::Result<()> {
     move |stop, count| {
-        let iov = [IoSlice::new(&frame)];
+        let iov = [IoBuf::from_slice(&frame)];
         let batch = [TxFrame {
             hdr: VirtioNetHdr::PLAIN,
             data: &iov,
@@ -256,7 +258,7 @@ fn reader(mut q: TapQueue) -> impl FnOnce(&AtomicBool, &AtomicU64) -> io::Result
     move |stop, count| {
         let mut buf = vec![0u8; 65562];
         while !stop.load(Ordering::Relaxed) {
-            match q.recv(&mut [IoSliceMut::new(&mut buf)]) {
+            match q.recv(&[IoBufMut::from_mut_slice(&mut buf)]) {
                 Ok(Some(_)) => {
                     count.fetch_add(1, Ordering::Relaxed);
                 }

@@ -1,8 +1,8 @@
-//! Frames per second a vhost-user-net backend takes from DPDK's virtio_user, ours beside
+//! Steady-state rates of a vhost-user-net backend against DPDK's virtio_user, ours beside
 //! DPDK's own `net_vhost`, in one run.
 //!
 //! ```text
-//! cargo bench -p volt-net-bench --bench vhost_user     # as root; VOLT_BENCH_SECS=5 by default
+//! cargo bench -p volt-net-bench --bench vhost_user   # as root
 //! ```
 //!
 //! Prints a table and writes it as JSON to `target/bench/vhost_user.json`. Skipped, with the
@@ -10,132 +10,158 @@
 //!
 //! # Method
 //!
-//! The frontend is the same in both rows: `dpdk-testpmd` with `net_virtio_user0` in `txonly`
-//! mode (64-byte frames, bursts of 32), its lcores on the last CPU. The backend runs on the
-//! first CPU:
+//! The frontend is DPDK's `net_virtio_user0` in testpmd, its two lcores on the last CPU; the
+//! backend runs on the first CPU. Two directions, at 64 and 1514-byte frames:
 //!
-//! - **volt-net**: [`net_vhostuser::server::Server`] in this process (pinned, with its worker
-//!   threads), over a loopback whose far end, a thread on the same CPU, drops every frame
-//!   (the drop sink). One queue pair, mergeable buffers offered, as `volt-net-serve` does.
-//! - **DPDK**: a second testpmd with `net_vhost0` in `rxonly` mode (it counts and frees every
-//!   frame), its lcores on the first CPU.
+//! - **guest → backend**: the frontend in `txonly` mode; the backend drops what it takes:
+//!   DPDK `net_vhost` in `rxonly` mode, or our server over the `null` sink (each frame read
+//!   once in the worker thread, as `net_vhost` copies it into an mbuf);
+//! - **backend → guest**: the frontend in `rxonly` mode; the backend makes frames: DPDK
+//!   `net_vhost` in `txonly` mode, or our server over the `null` source (a frame written into
+//!   each receive buffer in the worker thread).
 //!
-//! Both rows count what the backend received over the whole life of the frontend (from its
-//! start to its stop after `VOLT_BENCH_SECS`), divided by that time: the connection set-up,
-//! the same in both rows, is inside the window. The ratio is volt-net / DPDK.
+//! Our server runs in this process, pinned (its session and worker threads inherit the CPU),
+//! one queue pair, mergeable buffers offered, as `volt-net serve` does. The rate is the
+//! frontend's: testpmd prints it every second (`--stats-period 1`); after traffic starts, the
+//! first `VOLT_BENCH_WARMUP` periods (2) are skipped and the median of the next
+//! `VOLT_BENCH_PERIODS` (5) is taken. A rate below 0.05 Mpps is a broken run: the row says so
+//! and no ratio is computed.
 
 #![allow(missing_docs)]
 
-use std::io::IoSliceMut;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use net_api::loopback::{pair, LoopbackConfig, LoopbackQueue};
-use net_api::{Backend, OffloadSet, QueuePair};
-use net_vhostuser::backend::{NetBackend, ServeConfig};
+use net_api::null::{Null, NullMode};
+use net_vhostuser::device::ServeConfig;
 use net_vhostuser::server::Server;
 use nix::sched::{sched_getaffinity, CpuSet};
 use nix::unistd::Pid;
+use volt_net_testkit::testpmd::{pin, wait_for_path, Spec, Steady, Testpmd, TESTPMD};
 
-#[path = "common/testpmd.rs"]
-mod testpmd;
-
-use testpmd::{last_number_after, pin, Testpmd, TESTPMD};
-
-fn wait_for(path: &Path) {
-    let end = Instant::now() + Duration::from_secs(20);
-    while !path.exists() {
-        assert!(Instant::now() < end, "{} never appeared", path.display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// Which way frames go.
+#[derive(Clone, Copy, PartialEq)]
+enum Dir {
+    /// The frontend transmits, the backend takes.
+    ToBackend,
+    /// The backend makes frames, the frontend receives.
+    ToGuest,
 }
 
-/// The far end of the loopback: takes every frame and drops it.
-fn drop_sink(mut q: LoopbackQueue) {
-    let mut buf = vec![0u8; 2048];
-    loop {
-        match q.recv(&mut [IoSliceMut::new(&mut buf)]) {
-            Ok(Some(_)) => continue,
-            Ok(None) => {
-                let fd = q.rx_readiness().fd;
-                let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
-                let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16));
-            }
-            Err(_) => return,
+impl Dir {
+    fn name(self) -> &'static str {
+        match self {
+            Dir::ToBackend => "virtio_user txonly -> backend sink",
+            Dir::ToGuest => "backend source -> virtio_user rxonly",
+        }
+    }
+    fn frontend_fwd(self) -> &'static str {
+        match self {
+            Dir::ToBackend => "txonly",
+            Dir::ToGuest => "rxonly",
+        }
+    }
+    fn backend_fwd(self) -> &'static str {
+        match self {
+            Dir::ToBackend => "rxonly",
+            Dir::ToGuest => "txonly",
+        }
+    }
+    fn key(self) -> &'static str {
+        match self {
+            Dir::ToBackend => "Tx-pps:",
+            Dir::ToGuest => "Rx-pps:",
         }
     }
 }
 
-/// Runs the virtio_user txonly frontend against `sock` for `secs`; returns the time it ran.
-fn drive(prefix: &str, cpu: usize, sock: &Path, secs: u64) -> Duration {
-    let start = Instant::now();
-    let pmd = Testpmd::start(
-        None,
-        prefix,
-        cpu,
-        &format!("net_virtio_user0,path={},queues=1", sock.display()),
-        "txonly",
-        64,
-        &[],
-    );
-    std::thread::sleep(Duration::from_secs(secs));
-    let _ = pmd.stop();
-    start.elapsed()
+struct Setup {
+    backend_cpu: usize,
+    frontend_cpu: usize,
+    warmup: usize,
+    periods: usize,
+    dir: PathBuf,
 }
 
-fn ours(dir: &Path, backend_cpu: usize, frontend_cpu: usize, secs: u64) -> (u64, Duration) {
-    // Pinned before the server and its workers exist: they inherit the CPU.
-    pin(backend_cpu);
-    let (near, mut far) = pair(LoopbackConfig {
-        capacity: 1024,
-        vnet_hdr: true,
-        offloads: OffloadSet::ALL,
-        ..Default::default()
-    })
-    .expect("loopback");
-    let q = far.open_queue_pair(0).expect("far queue");
-    std::thread::spawn(move || drop_sink(q));
-    let sock = dir.join("volt.sock");
-    let device = NetBackend::new(near, ServeConfig::default()).expect("device");
-    let mut server = Server::new(&sock, device).expect("server");
-    let serving = std::thread::spawn(move || {
-        let session = server.serve_one();
-        (session, server)
+/// The frontend against the socket; its steady rate.
+fn frontend(s: &Setup, tag: &str, sock: &Path, d: Dir, len: usize) -> (Option<Steady>, String) {
+    let pmd = Testpmd::start(&Spec {
+        txpkts: Some(len),
+        ..Spec::new(
+            tag,
+            s.frontend_cpu,
+            &format!("net_virtio_user0,path={},queues=1", sock.display()),
+            d.frontend_fwd(),
+        )
     });
-    let ran = drive(
-        &format!("volt-bench-vu-{}", std::process::id()),
-        frontend_cpu,
-        &sock,
-        secs,
-    );
-    let (session, _server) = serving.join().expect("server thread");
-    let session = session.expect("serving testpmd");
-    std::mem::forget(far);
-    (session.from_guest, ran)
+    let steady = pmd.steady(d.key(), s.warmup, s.periods, Duration::from_secs(40));
+    let out = pmd.stop();
+    (steady, out)
 }
 
-fn dpdk(dir: &Path, backend_cpu: usize, frontend_cpu: usize, secs: u64) -> (u64, Duration) {
-    let sock = dir.join("dpdk.sock");
-    let backend = Testpmd::start(
-        None,
-        &format!("volt-bench-vh-{}", std::process::id()),
-        backend_cpu,
-        &format!("net_vhost0,iface={},queues=1", sock.display()),
-        "rxonly",
-        64,
-        &[],
+fn dpdk(s: &Setup, d: Dir, len: usize) -> Option<Steady> {
+    let sock = s.dir.join(format!("dpdk-{len}.sock"));
+    let pid = std::process::id();
+    let backend = Testpmd::start(&Spec {
+        txpkts: Some(len),
+        periodic: false,
+        ..Spec::new(
+            &format!("volt-bvh-{pid}"),
+            s.backend_cpu,
+            &format!("net_vhost0,iface={},queues=1", sock.display()),
+            d.backend_fwd(),
+        )
+    });
+    assert!(
+        wait_for_path(&sock, Duration::from_secs(30)),
+        "net_vhost's socket"
     );
-    wait_for(&sock);
-    let ran = drive(
-        &format!("volt-bench-vv-{}", std::process::id()),
-        frontend_cpu,
+    let (steady, out) = frontend(s, &format!("volt-bvv-{pid}"), &sock, d, len);
+    drop(backend.stop());
+    if steady.is_none() {
+        eprintln!("DPDK row, {} {len} B: no traffic\n{out}", d.name());
+    }
+    steady
+}
+
+fn ours(s: &Setup, d: Dir, len: usize) -> Option<Steady> {
+    let sock = s.dir.join(format!("ours-{len}.sock"));
+    let mode = match d {
+        Dir::ToBackend => NullMode::Sink,
+        Dir::ToGuest => NullMode::Source { len },
+    };
+    let backend = Null::new(mode, 1).expect("null backend");
+    let cfg = ServeConfig {
+        queue_size: 1024,
+        ..ServeConfig::default()
+    };
+    let (stop, trigger) = UnixStream::pair().expect("socketpair");
+    let backend_cpu = s.backend_cpu;
+    let path = sock.clone();
+    let serving = std::thread::spawn(move || {
+        pin(backend_cpu);
+        let mut server = Server::new(&path, backend, cfg).expect("server");
+        server.serve_one(Some(stop.as_fd()))
+    });
+    assert!(wait_for_path(&sock, Duration::from_secs(10)), "our socket");
+    let (steady, out) = frontend(
+        s,
+        &format!("volt-bvo-{}", std::process::id()),
         &sock,
-        secs,
+        d,
+        len,
     );
-    std::thread::sleep(Duration::from_millis(200));
-    let out = backend.stop();
-    let rx = last_number_after(&out, "RX-packets:").expect("net_vhost's RX count");
-    (rx, ran)
+    drop(trigger);
+    let session = serving.join().expect("server thread");
+    if steady.is_none() {
+        eprintln!(
+            "volt-net row, {} {len} B: no traffic ({session:?})\n{out}",
+            d.name()
+        );
+    }
+    steady
 }
 
 fn main() {
@@ -151,43 +177,79 @@ fn main() {
         println!("SKIPPED vhost_user: no {TESTPMD} (apt-get install dpdk-dev)");
         return;
     }
-    let secs: u64 = std::env::var("VOLT_BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(d)
+    };
     let cpus: Vec<usize> = {
         let set = sched_getaffinity(Pid::from_raw(0)).expect("affinity");
         (0..CpuSet::count())
             .filter(|&c| set.is_set(c).unwrap_or(false))
             .collect()
     };
-    let (backend_cpu, frontend_cpu) = (cpus[0], *cpus.last().expect("a CPU"));
     let dir = std::env::temp_dir().join(format!("volt-bench-vhost-user-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
+    let s = Setup {
+        backend_cpu: cpus[0],
+        frontend_cpu: *cpus.last().expect("a CPU"),
+        warmup: env("VOLT_BENCH_WARMUP", 2),
+        periods: env("VOLT_BENCH_PERIODS", 5),
+        dir,
+    };
 
-    let (d_frames, d_time) = dpdk(&dir, backend_cpu, frontend_cpu, secs);
-    let (v_frames, v_time) = ours(&dir, backend_cpu, frontend_cpu, secs);
-    let _ = std::fs::remove_dir_all(&dir);
-
-    let mpps = |f: u64, t: Duration| f as f64 / t.as_secs_f64() / 1e6;
-    let (v, d) = (mpps(v_frames, v_time), mpps(d_frames, d_time));
-    let ratio = if d > 0.0 { v / d } else { 0.0 };
-    println!("vhost-user backend, 64 B frames from DPDK virtio_user txonly, backend on CPU {backend_cpu}, frontend on CPU {frontend_cpu}, {secs} s");
-    println!("{:<28} {:>12} {:>10}", "backend", "frames", "Mpps");
     println!(
-        "{:<28} {:>12} {:>10.3}",
-        "volt-net (loopback sink)", v_frames, v
+        "vhost-user-net backends against DPDK virtio_user (testpmd), backend on CPU {}, frontend on CPU {}; steady state: median of {} one-second periods after {} of warm-up",
+        s.backend_cpu, s.frontend_cpu, s.periods, s.warmup
     );
     println!(
-        "{:<28} {:>12} {:>10.3}",
-        "DPDK net_vhost (rxonly)", d_frames, d
+        "{:<40} {:>6} {:>10} {:>10} {:>10} {:>10} {:>7}",
+        "direction", "bytes", "ours Mpps", "DPDK Mpps", "ours Gb/s", "DPDK Gb/s", "ratio"
     );
-    println!("ratio volt-net / DPDK: {ratio:.3}");
-
+    let mut json = Vec::new();
+    for d in [Dir::ToBackend, Dir::ToGuest] {
+        for len in [64usize, 1500] {
+            let theirs = dpdk(&s, d, len);
+            let mine = ours(&s, d, len);
+            let mpps = |x: &Option<Steady>| x.as_ref().map_or(0.0, |x| x.median / 1e6);
+            let (v, p) = (mpps(&mine), mpps(&theirs));
+            // Frames on the wire: the rate times the frame, in bits.
+            let gbps = |m: f64| m * 1e6 * len as f64 * 8.0 / 1e9;
+            let sane = v >= 0.05 && p >= 0.05;
+            let ratio = if sane { v / p } else { f64::NAN };
+            println!(
+                "{:<40} {:>6} {:>10.3} {:>10.3} {:>10.2} {:>10.2} {:>7}",
+                d.name(),
+                len,
+                v,
+                p,
+                gbps(v),
+                gbps(p),
+                if sane {
+                    format!("{ratio:.2}")
+                } else {
+                    "broken".into()
+                }
+            );
+            let samples = |x: &Option<Steady>| {
+                x.as_ref()
+                    .map_or(String::from("[]"), |x| format!("{:?}", x.samples))
+            };
+            json.push(format!(
+                "{{\"direction\":\"{}\",\"bytes\":{len},\"volt_net_mpps\":{v:.4},\"dpdk_mpps\":{p:.4},\"ratio\":{},\"volt_net_samples\":{},\"dpdk_samples\":{}}}",
+                d.name(),
+                if sane { format!("{ratio:.4}") } else { "null".into() },
+                samples(&mine),
+                samples(&theirs)
+            ));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&s.dir);
     let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     let _ = std::fs::create_dir_all(&out);
-    let json = format!(
-        "{{\"case\":\"vhost_user_txonly_64\",\"seconds\":{secs},\"volt_net\":{{\"frames\":{v_frames},\"mpps\":{v:.4}}},\"dpdk_net_vhost\":{{\"frames\":{d_frames},\"mpps\":{d:.4}}},\"ratio\":{ratio:.4}}}\n"
+    let _ = std::fs::write(
+        out.join("vhost_user.json"),
+        format!("[\n  {}\n]\n", json.join(",\n  ")),
     );
-    let _ = std::fs::write(out.join("vhost_user.json"), json);
 }

@@ -35,15 +35,15 @@
 //! (sockets); errors name the capability.
 
 use std::collections::HashMap;
-use std::io::{IoSliceMut, Write};
+
 use std::num::NonZeroU32;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use log::warn;
 use net_api::{
-    Backend, Capabilities, DropReason, Interest, MacAddr, OffloadSet, QueuePair, QueueStats,
-    Readiness, RxFrame, TxFrame, VirtioNetHdr,
+    Backend, Capabilities, DropReason, Interest, IoBufMut, MacAddr, OffloadSet, QueuePair,
+    QueueStats, Readiness, RxFrame, TxFrame, VirtioNetHdr,
 };
 use xsk_rs::config::{
     BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig,
@@ -794,12 +794,10 @@ impl QueuePair for AfXdpQueue {
             {
                 // SAFETY: `desc` is a chunk of this UMEM from the pool: no ring holds it.
                 let mut data = unsafe { self.vm.iface.umem.data_mut(&mut desc) };
-                let mut cursor = data.cursor();
-                cursor.set_pos(0);
-                for s in f.data {
-                    // Cannot fail: the frame fits the chunk (checked above).
-                    let _ = cursor.write_all(s);
-                }
+                // The frame fits the chunk (checked above): its length first, then the bytes
+                // copied out of the guest's buffers.
+                data.cursor().set_pos(len);
+                net_api::iovec::read_bufs(f.data, 0, data.contents_mut());
             }
             batch.push(desc);
             done += 1;
@@ -841,8 +839,8 @@ impl QueuePair for AfXdpQueue {
         Ok(done)
     }
 
-    fn recv(&mut self, bufs: &mut [IoSliceMut<'_>]) -> net_api::Result<Option<RxFrame>> {
-        let room: usize = bufs.iter().map(|b| b.len()).sum();
+    fn recv(&mut self, bufs: &[IoBufMut<'_>]) -> net_api::Result<Option<RxFrame>> {
+        let room = net_api::iovec::total_len_mut(bufs);
         loop {
             let mut desc = FrameDesc::default();
             // SAFETY: the RX ring hands back chunks of this UMEM from the fill ring; `desc` is
@@ -858,15 +856,7 @@ impl QueuePair for AfXdpQueue {
                 let bytes = data.contents();
                 let fits = bytes.len() <= room;
                 if fits {
-                    let mut rest = bytes;
-                    for b in bufs.iter_mut() {
-                        if rest.is_empty() {
-                            break;
-                        }
-                        let k = b.len().min(rest.len());
-                        b[..k].copy_from_slice(&rest[..k]);
-                        rest = &rest[k..];
-                    }
+                    net_api::iovec::write_bufs(bufs, 0, bytes);
                 }
                 (bytes.len(), fits)
             };

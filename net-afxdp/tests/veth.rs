@@ -3,7 +3,7 @@
 //! Needs root; prints SKIPPED otherwise. Every namespace (with its links and programs) is
 //! deleted at the end, also on failure.
 
-use std::io::{IoSlice, IoSliceMut};
+use net_api::{IoBuf, IoBufMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -165,7 +165,7 @@ fn drain(q: &mut AfXdpQueue, n: usize) -> Vec<Vec<u8>> {
     let end = Instant::now() + Duration::from_secs(2);
     let mut buf = vec![0u8; 4096];
     while got.len() < n && Instant::now() < end {
-        match q.recv(&mut [IoSliceMut::new(&mut buf)]).expect("recv") {
+        match q.recv(&[IoBufMut::from_mut_slice(&mut buf)]).expect("recv") {
             Some(f) => got.push(buf[..f.len].to_vec()),
             None => std::thread::sleep(Duration::from_millis(1)),
         }
@@ -249,7 +249,7 @@ fn one_vm(tag: &str, mode: AttachMode) {
         // VM -> peer: one batch of 100 frames (more than the kernel sends per wakeup in copy
         // mode), every one arriving, the last one whole.
         let outs: Vec<Vec<u8>> = (0..100).map(|i| frame(vb, VM1, 0xf000 + i, 200)).collect();
-        let datas: Vec<[IoSlice<'_>; 1]> = outs.iter().map(|o| [IoSlice::new(o)]).collect();
+        let datas: Vec<[IoBuf<'_>; 1]> = outs.iter().map(|o| [IoBuf::from_slice(o)]).collect();
         let batch: Vec<TxFrame<'_>> = datas
             .iter()
             .map(|d| TxFrame {
@@ -352,7 +352,7 @@ fn four_queues_share_one_umem() {
     let mut buf = vec![0u8; 4096];
     while got < 64 && Instant::now() < end {
         for q in qs.iter_mut() {
-            while let Some(_f) = q.recv(&mut [IoSliceMut::new(&mut buf)]).expect("recv") {
+            while let Some(_f) = q.recv(&[IoBufMut::from_mut_slice(&mut buf)]).expect("recv") {
                 got += 1;
             }
         }
@@ -362,7 +362,7 @@ fn four_queues_share_one_umem() {
     // Every queue sends.
     for (i, q) in qs.iter_mut().enumerate() {
         let out = frame(vb, VM1, 0x4000 + i as u32, 80);
-        let data = [IoSlice::new(&out)];
+        let data = [IoBuf::from_slice(&out)];
         assert_eq!(
             q.send(&[TxFrame {
                 hdr: VirtioNetHdr::PLAIN,
@@ -424,7 +424,7 @@ fn bad_input_is_refused_with_reasons() {
     let mut be = AfXdp::open(config(VM1, AttachMode::Skb, 1)).expect("opening");
     let mut q = be.open_queue_pair(0).expect("queue");
     let big = vec![0u8; 5000];
-    let data = [IoSlice::new(&big)];
+    let data = [IoBuf::from_slice(&big)];
     assert_eq!(
         q.send(&[TxFrame {
             hdr: VirtioNetHdr::PLAIN,

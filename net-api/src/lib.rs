@@ -12,13 +12,13 @@
 //!   as a normal outcome, counters ([`QueueStats`]) with drops by [`DropReason`];
 //! - [`Error`]: what failed, where, and what to do;
 //! - [`RxFilter`]: the receive filter a guest programs (RX mode, MAC and VLAN tables);
-//! - [`loopback`]: two ends joined in memory, for tests, benchmarks and examples.
+//! - [`loopback`]: two ends joined in memory, for tests, benchmarks and examples; [`null`]: a
+//!   sink or a source in the calling thread, for benchmarks.
 //!
 //! The rules of buffer ownership, backpressure and errors are in the [`queue`] module.
 //!
 //! ```
-//! use std::io::{IoSlice, IoSliceMut};
-//! use net_api::{loopback, Backend, OffloadSet, QueuePair, TxFrame, VirtioNetHdr};
+//! use net_api::{loopback, Backend, IoBuf, IoBufMut, OffloadSet, QueuePair, TxFrame, VirtioNetHdr};
 //!
 //! // A device programs against any Backend; the loopback needs no privileges.
 //! let cfg = loopback::LoopbackConfig { queue_pairs: 2, ..Default::default() };
@@ -27,24 +27,28 @@
 //! assert!(!caps.vnet_hdr && caps.tx_offloads == OffloadSet::NONE);
 //! let (mut q1, mut p1) = (host.open_queue_pair(1)?, peer.open_queue_pair(1)?);
 //! let frame = [0u8; 64];
-//! let sent = q1.send(&[TxFrame { hdr: VirtioNetHdr::PLAIN, data: &[IoSlice::new(&frame)] }])?;
+//! let sent = q1.send(&[TxFrame { hdr: VirtioNetHdr::PLAIN, data: &[IoBuf::from_slice(&frame)] }])?;
 //! assert_eq!(sent, 1); // fewer than offered would mean: wait for q1.tx_readiness()
 //! let mut buf = [0u8; 1518];
-//! assert_eq!(p1.recv(&mut [IoSliceMut::new(&mut buf)])?.map(|f| f.len), Some(64));
+//! assert_eq!(p1.recv(&[IoBufMut::from_mut_slice(&mut buf)])?.map(|f| f.len), Some(64));
 //! assert_eq!(q1.stats().tx_packets, 1);
 //! # Ok::<(), net_api::Error>(())
 //! ```
-//! This crate does no I/O of its own beyond the loopback's doorbells, has no `unsafe`, and
-//! depends only on `thiserror` and `virtio-bindings`.
+//! This crate does no I/O of its own beyond the loopback's doorbells, has `unsafe` in one
+//! module only ([`iovec`]: buffers over guest memory), and depends only on `thiserror` and
+//! `virtio-bindings`.
 
-#![forbid(unsafe_code)]
+// Only `iovec` may use `unsafe` (buffers over guest memory, with the layout of `iovec`).
+#![deny(unsafe_code)]
 
 pub mod error;
 pub mod ether;
 pub mod filter;
 pub mod hdr;
+pub mod iovec;
 pub mod loopback;
 pub mod mac;
+pub mod null;
 pub mod offload;
 pub mod queue;
 pub mod stats;
@@ -52,6 +56,7 @@ pub mod stats;
 pub use error::{Error, Result};
 pub use filter::RxFilter;
 pub use hdr::{GsoType, VirtioNetHdr};
+pub use iovec::{IoBuf, IoBufMut};
 pub use mac::{MacAddr, ParseMacError};
 pub use offload::{Capabilities, OffloadSet};
 pub use queue::{Backend, Interest, QueuePair, Readiness, RxFrame, TxFrame, MAX_IOVECS};

@@ -14,22 +14,21 @@
 //! while frames wait, the transmit doorbell while there is room.
 //!
 //! ```
-//! use std::io::{IoSlice, IoSliceMut};
-//! use net_api::{loopback, Backend, QueuePair, TxFrame, VirtioNetHdr};
+//! use net_api::{loopback, Backend, IoBuf, IoBufMut, QueuePair, TxFrame, VirtioNetHdr};
 //!
 //! let (mut a, mut b) = loopback::pair(loopback::LoopbackConfig::default())?;
 //! let (mut qa, mut qb) = (a.open_queue_pair(0)?, b.open_queue_pair(0)?);
 //! let frame = [0xffu8; 60];
-//! let data = [IoSlice::new(&frame)];
+//! let data = [IoBuf::from_slice(&frame)];
 //! assert_eq!(qa.send(&[TxFrame { hdr: VirtioNetHdr::PLAIN, data: &data }])?, 1);
 //! let mut buf = vec![0u8; 1514];
-//! let got = qb.recv(&mut [IoSliceMut::new(&mut buf)])?.expect("a frame waits");
+//! let got = qb.recv(&[IoBufMut::from_mut_slice(&mut buf)])?.expect("a frame waits");
 //! assert_eq!(&buf[..got.len], &frame[..]);
 //! # Ok::<(), net_api::Error>(())
 //! ```
 
 use std::collections::VecDeque;
-use std::io::{self, IoSliceMut, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,6 +37,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::error::{Error, Result};
 use crate::ether::{is_ipv6, ETH_HLEN};
 use crate::hdr::VirtioNetHdr;
+use crate::iovec::{self, IoBufMut};
 use crate::mac::MacAddr;
 use crate::offload::{Capabilities, OffloadSet};
 use crate::queue::{Backend, Interest, QueuePair, Readiness, RxFrame, TxFrame};
@@ -254,10 +254,12 @@ impl LoopbackQueue {
     /// Copies a frame into `link` (which has room), or counts why its header cannot cross.
     fn enqueue(&mut self, link: &Link, st: &mut LinkState, frame: &TxFrame<'_>) -> Result<()> {
         let mut data = st.spare.pop().unwrap_or_default();
+        // One copy out of the sender's buffers (guest memory): everything checked below is
+        // read from our own bytes.
         data.clear();
-        for s in frame.data {
-            data.extend_from_slice(s);
-        }
+        data.resize(frame.len(), 0);
+        let n = iovec::read_bufs(frame.data, 0, &mut data);
+        data.truncate(n);
         if let Some(reason) = self.header_refusal(&frame.hdr, &data, self.caps.tx_offloads) {
             self.stats.tx_drops.add(reason);
             st.spare.push(data);
@@ -328,11 +330,11 @@ impl QueuePair for LoopbackQueue {
         Ok(frames.len())
     }
 
-    fn recv(&mut self, bufs: &mut [IoSliceMut<'_>]) -> Result<Option<RxFrame>> {
+    fn recv(&mut self, bufs: &[IoBufMut<'_>]) -> Result<Option<RxFrame>> {
         if !self.rx.attached.load(Ordering::Acquire) {
             return Ok(None);
         }
-        let room: usize = bufs.iter().map(|b| b.len()).sum();
+        let room = iovec::total_len_mut(bufs);
         let mut st = self.rx.lock();
         loop {
             let Some(pkt) = st.frames.pop_front() else {
@@ -355,7 +357,7 @@ impl QueuePair for LoopbackQueue {
             if let Some(reason) = refusal {
                 self.stats.rx_drops.add(reason);
             } else {
-                scatter(&pkt.data, bufs);
+                iovec::write_bufs(bufs, 0, &pkt.data);
                 self.stats.count_rx(pkt.data.len());
             }
             let len = pkt.data.len();
@@ -417,18 +419,6 @@ impl QueuePair for LoopbackQueue {
 
     fn stats(&self) -> QueueStats {
         self.stats
-    }
-}
-
-/// Copies `data` into the slices, in order; the caller checked they are large enough.
-fn scatter(mut data: &[u8], bufs: &mut [IoSliceMut<'_>]) {
-    for b in bufs.iter_mut() {
-        if data.is_empty() {
-            break;
-        }
-        let n = b.len().min(data.len());
-        b[..n].copy_from_slice(&data[..n]);
-        data = &data[n..];
     }
 }
 

@@ -1,12 +1,12 @@
 //! The backend and queue-pair contract.
 //!
 //! # Ownership
-//! Buffers always belong to the caller. [`QueuePair::send`] reads the frames' slices during the
-//! call and keeps no reference to them afterwards: a backend that needs the bytes later (an
+//! Buffers always belong to the caller. [`QueuePair::send`] reads the frames' buffers during
+//! the call and keeps nothing of them afterwards: a backend that needs the bytes later (an
 //! AF_XDP UMEM, the loopback's queue) copies them. [`QueuePair::recv`] writes one frame into the
-//! caller's slices and returns its length; the slices are the caller's again when it returns.
-//! A TAP backend hands the slices straight to `writev`/`readv`, so a VMM passing slices of
-//! guest memory moves frames without a copy of its own.
+//! caller's buffers and returns its length; the buffers are the caller's again when it returns.
+//! A TAP backend hands the buffers straight to `writev`/`readv`, so a VMM passing guest memory
+//! moves frames without a copy of its own.
 //!
 //! # Frames are atomic
 //! A frame is sent whole or not at all. There are no short writes: a backend whose host side
@@ -24,23 +24,25 @@
 //! since it is ready whenever there is room. Both readiness values may name the same fd with
 //! different interests (TAP): register such an fd once with both.
 //!
-//! # Slices
-//! A frame has at most [`MAX_IOVECS`] slices, and `recv` gets at most as many buffers: the
-//! kernel's `UIO_MAXIOV`, so a TAP backend can hand them to one `writev`/`readv`. The slices
-//! may point into memory that someone else (a guest) writes at the same time: a backend
-//! treats them as opaque bytes to copy or to give to the kernel, and validates nothing it
-//! reads from them twice.
+//! # Buffers
+//! Frames are [`IoBuf`]s and receive buffers [`IoBufMut`]s ([`crate::iovec`]): raw
+//! `(base, len)` pairs with the layout of `struct iovec`, never Rust slices, because they are
+//! usually guest memory that a vCPU may write at the same time (and whose descriptors a guest
+//! may make overlap). A backend copies them with the module's helpers or gives them to the
+//! kernel, and validates nothing it reads from them twice. A frame has at most [`MAX_IOVECS`]
+//! buffers, and `recv` gets at most as many: the kernel's `UIO_MAXIOV`, so a TAP backend can
+//! hand them to one `writev`/`readv`.
 //!
 //! # Errors
 //! `Err` means the queue could not work at all (the link is gone, the fd is broken); per-frame
 //! problems are drops, visible in [`QueuePair::stats`].
 
-use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::BorrowedFd;
 
 use crate::error::Result;
 use crate::filter::RxFilter;
 use crate::hdr::VirtioNetHdr;
+use crate::iovec::{IoBuf, IoBufMut};
 use crate::offload::{Capabilities, OffloadSet};
 use crate::stats::QueueStats;
 
@@ -48,20 +50,20 @@ use crate::stats::QueueStats;
 /// for a backend's own header slice.
 pub const MAX_IOVECS: usize = 1023;
 
-/// One frame to transmit: a header and the Ethernet frame as scatter-gather slices.
+/// One frame to transmit: a header and the Ethernet frame as scatter-gather buffers.
 #[derive(Debug, Clone, Copy)]
 pub struct TxFrame<'a> {
     /// The header, already translated to what the backend accepts
     /// ([`Capabilities::accepts`]).
     pub hdr: VirtioNetHdr,
     /// The frame, Ethernet header first, in order.
-    pub data: &'a [IoSlice<'a>],
+    pub data: &'a [IoBuf<'a>],
 }
 
 impl TxFrame<'_> {
-    /// Total length of the frame's slices.
+    /// Total length of the frame's buffers.
     pub fn len(&self) -> usize {
-        self.data.iter().map(|s| s.len()).sum()
+        crate::iovec::total_len(self.data)
     }
 
     /// Whether the frame has no bytes.
@@ -70,7 +72,7 @@ impl TxFrame<'_> {
     }
 }
 
-/// One received frame: the header the backend produced and the frame's length in the slices.
+/// One received frame: the header the backend produced and the frame's length in the buffers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RxFrame {
     /// The header; plain (possibly with `DATA_VALID`) unless offloads were enabled.
@@ -113,10 +115,10 @@ pub trait QueuePair: Send {
 
     /// Receives one frame into `bufs`.
     ///
-    /// `Ok(None)` means nothing is waiting. The slices should hold
+    /// `Ok(None)` means nothing is waiting. The buffers should hold
     /// [`Capabilities::max_frame`] bytes; a larger frame than they hold is dropped and counted
     /// ([`DropReason::Truncated`](crate::DropReason::Truncated)) and the next one is tried.
-    fn recv(&mut self, bufs: &mut [IoSliceMut<'_>]) -> Result<Option<RxFrame>>;
+    fn recv(&mut self, bufs: &[IoBufMut<'_>]) -> Result<Option<RxFrame>>;
 
     /// Tells the backend which offloads the reader accepts in received frames (the guest's
     /// `GUEST_*` features). Only a subset of [`Capabilities::rx_offloads`] can be enabled; the
@@ -158,7 +160,7 @@ impl<Q: QueuePair + ?Sized> QueuePair for Box<Q> {
     fn send(&mut self, frames: &[TxFrame<'_>]) -> Result<usize> {
         (**self).send(frames)
     }
-    fn recv(&mut self, bufs: &mut [IoSliceMut<'_>]) -> Result<Option<RxFrame>> {
+    fn recv(&mut self, bufs: &[IoBufMut<'_>]) -> Result<Option<RxFrame>> {
         (**self).recv(bufs)
     }
     fn set_rx_offloads(&mut self, offloads: OffloadSet) -> Result<()> {

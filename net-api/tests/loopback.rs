@@ -1,7 +1,7 @@
 //! The loopback backend keeps the queue-pair contract: byte-exact delivery, atomic frames,
 //! backpressure, level-triggered readiness, drops by reason.
 
-use std::io::{IoSlice, IoSliceMut};
+use net_api::{IoBuf, IoBufMut};
 use std::os::fd::BorrowedFd;
 
 use net_api::hdr::NEEDS_CSUM;
@@ -18,7 +18,7 @@ fn frame(n: usize, tag: u8) -> Vec<u8> {
     (0..n).map(|i| (i as u8) ^ tag).collect()
 }
 
-fn plain<'a>(data: &'a [IoSlice<'a>]) -> TxFrame<'a> {
+fn plain<'a>(data: &'a [IoBuf<'a>]) -> TxFrame<'a> {
     TxFrame {
         hdr: VirtioNetHdr::PLAIN,
         data,
@@ -35,17 +35,20 @@ fn scatter_gather_frames_arrive_byte_exact_in_order() {
     let f1 = frame(1514, 1);
     let f2 = frame(60, 2);
     let parts1 = [
-        IoSlice::new(&f1[..7]),
-        IoSlice::new(&f1[7..1000]),
-        IoSlice::new(&f1[1000..]),
+        IoBuf::from_slice(&f1[..7]),
+        IoBuf::from_slice(&f1[7..1000]),
+        IoBuf::from_slice(&f1[1000..]),
     ];
-    let parts2 = [IoSlice::new(&f2)];
+    let parts2 = [IoBuf::from_slice(&f2)];
     let sent = qa.send(&[plain(&parts1), plain(&parts2)]).expect("send");
     assert_eq!(sent, 2);
     for want in [&f1, &f2] {
         let (mut x, mut y) = (vec![0u8; 100], vec![0u8; 1500]);
         let got = qb
-            .recv(&mut [IoSliceMut::new(&mut x), IoSliceMut::new(&mut y)])
+            .recv(&[
+                IoBufMut::from_mut_slice(&mut x),
+                IoBufMut::from_mut_slice(&mut y),
+            ])
             .expect("recv")
             .expect("a frame");
         assert_eq!(got.len, want.len());
@@ -55,7 +58,8 @@ fn scatter_gather_frames_arrive_byte_exact_in_order() {
     }
     let mut buf = [0u8; 1514];
     assert_eq!(
-        qb.recv(&mut [IoSliceMut::new(&mut buf)]).expect("recv"),
+        qb.recv(&[IoBufMut::from_mut_slice(&mut buf)])
+            .expect("recv"),
         None
     );
     let (sa, sb) = (qa.stats(), qb.stats());
@@ -77,7 +81,7 @@ fn backpressure_and_readiness() {
     assert!(!ready(qb.rx_readiness().fd), "nothing to read yet");
     assert!(ready(qa.tx_readiness().fd), "room to send");
     let f = frame(64, 0);
-    let data = [IoSlice::new(&f)];
+    let data = [IoBuf::from_slice(&f)];
     let batch = [plain(&data); 3];
     assert_eq!(qa.send(&batch).expect("send"), 2, "third frame held back");
     assert_eq!(qa.stats().tx_would_block, 1);
@@ -86,21 +90,21 @@ fn backpressure_and_readiness() {
     assert_eq!(qa.send(&batch[2..]).expect("send"), 0, "still full");
     let mut buf = vec![0u8; 1514];
     assert!(qb
-        .recv(&mut [IoSliceMut::new(&mut buf)])
+        .recv(&[IoBufMut::from_mut_slice(&mut buf)])
         .expect("recv")
         .is_some());
     assert!(ready(qa.tx_readiness().fd), "room again after a receive");
     assert_eq!(qa.send(&batch[2..]).expect("send"), 1);
     assert!(qb
-        .recv(&mut [IoSliceMut::new(&mut buf)])
+        .recv(&[IoBufMut::from_mut_slice(&mut buf)])
         .expect("recv")
         .is_some());
     assert!(qb
-        .recv(&mut [IoSliceMut::new(&mut buf)])
+        .recv(&[IoBufMut::from_mut_slice(&mut buf)])
         .expect("recv")
         .is_some());
     assert!(qb
-        .recv(&mut [IoSliceMut::new(&mut buf)])
+        .recv(&[IoBufMut::from_mut_slice(&mut buf)])
         .expect("recv")
         .is_none());
     assert!(!ready(qb.rx_readiness().fd), "drained");
@@ -134,9 +138,9 @@ fn drops_are_counted_by_reason_and_the_batch_goes_on() {
         ..VirtioNetHdr::PLAIN
     };
     let (d_big, d_runt, d_ok) = (
-        [IoSlice::new(&big)],
-        [IoSlice::new(&runt)],
-        [IoSlice::new(&ok)],
+        [IoBuf::from_slice(&big)],
+        [IoBuf::from_slice(&runt)],
+        [IoBuf::from_slice(&ok)],
     );
     let n = qa
         .send(&[
@@ -161,7 +165,8 @@ fn drops_are_counted_by_reason_and_the_batch_goes_on() {
     // The receiver has not enabled CSUM: the partial-checksum frame is dropped there.
     let mut buf = vec![0u8; 1514];
     assert_eq!(
-        qb.recv(&mut [IoSliceMut::new(&mut buf)]).expect("recv"),
+        qb.recv(&[IoBufMut::from_mut_slice(&mut buf)])
+            .expect("recv"),
         None
     );
     assert_eq!(qb.stats().rx_drops.get(DropReason::UnsupportedOffload), 1);
@@ -174,7 +179,7 @@ fn drops_are_counted_by_reason_and_the_batch_goes_on() {
     };
     qa.send(&[with_csum]).expect("send");
     let got = qb
-        .recv(&mut [IoSliceMut::new(&mut buf)])
+        .recv(&[IoBufMut::from_mut_slice(&mut buf)])
         .expect("recv")
         .expect("frame");
     assert_eq!(got.hdr, csum);
@@ -182,7 +187,8 @@ fn drops_are_counted_by_reason_and_the_batch_goes_on() {
     qa.send(&[plain(&d_ok)]).expect("send");
     let mut small = [0u8; 99];
     assert_eq!(
-        qb.recv(&mut [IoSliceMut::new(&mut small)]).expect("recv"),
+        qb.recv(&[IoBufMut::from_mut_slice(&mut small)])
+            .expect("recv"),
         None
     );
     assert_eq!(qb.stats().rx_drops.get(DropReason::Truncated), 1);
@@ -219,12 +225,12 @@ fn queue_pairs_are_independent_and_opened_once() {
     ));
     for (i, q) in qa.iter_mut().enumerate() {
         let f = frame(60 + i, i as u8);
-        q.send(&[plain(&[IoSlice::new(&f)])]).expect("send");
+        q.send(&[plain(&[IoBuf::from_slice(&f)])]).expect("send");
     }
     for (i, q) in qb.iter_mut().enumerate() {
         let mut buf = [0u8; 1514];
         let got = q
-            .recv(&mut [IoSliceMut::new(&mut buf)])
+            .recv(&[IoBufMut::from_mut_slice(&mut buf)])
             .expect("recv")
             .expect("frame");
         assert_eq!(got.len, 60 + i, "queue {i} got its own frame");
@@ -258,7 +264,7 @@ fn a_queue_pair_moves_between_threads() {
     let mut qb = b.open_queue_pair(0).expect("b0");
     let t = std::thread::spawn(move || {
         let f = frame(200, 9);
-        let data = [IoSlice::new(&f)];
+        let data = [IoBuf::from_slice(&f)];
         for _ in 0..100 {
             while qa.send(&[plain(&data)]).expect("send") == 0 {
                 std::thread::yield_now();
@@ -268,7 +274,10 @@ fn a_queue_pair_moves_between_threads() {
     let mut got = 0;
     let mut buf = [0u8; 1514];
     while got < 100 {
-        match qb.recv(&mut [IoSliceMut::new(&mut buf)]).expect("recv") {
+        match qb
+            .recv(&[IoBufMut::from_mut_slice(&mut buf)])
+            .expect("recv")
+        {
             Some(r) => {
                 assert_eq!(&buf[..r.len], &frame(200, 9)[..]);
                 got += 1;
@@ -293,7 +302,7 @@ fn detached_queue_pairs_are_steered_around_and_drained() {
         .map(|i| b.open_queue_pair(i).expect("open"))
         .collect();
     let f = frame(60, 7);
-    let data = [IoSlice::new(&f)];
+    let data = [IoBuf::from_slice(&f)];
     let mut buf = vec![0u8; 1518];
 
     // One frame waits on b's queue 2 when it is detached: it is dropped, not left behind.
@@ -302,7 +311,7 @@ fn detached_queue_pairs_are_steered_around_and_drained() {
     assert_eq!(qb[2].stats().rx_drops.get(DropReason::HostError), 1);
     assert!(!ready(qb[2].rx_readiness().fd));
     assert!(qb[2]
-        .recv(&mut [IoSliceMut::new(&mut buf)])
+        .recv(&[IoBufMut::from_mut_slice(&mut buf)])
         .expect("recv")
         .is_none());
     assert!(
@@ -314,7 +323,9 @@ fn detached_queue_pairs_are_steered_around_and_drained() {
     qb[0].set_attached(false).expect("detach");
     assert_eq!(qa[2].send(&[plain(&data)]).expect("send"), 1);
     assert!(ready(qb[1].rx_readiness().fd));
-    let got = qb[1].recv(&mut [IoSliceMut::new(&mut buf)]).expect("recv");
+    let got = qb[1]
+        .recv(&[IoBufMut::from_mut_slice(&mut buf)])
+        .expect("recv");
     assert_eq!(got.map(|g| g.len), Some(60));
     assert_eq!(&buf[..60], &f[..]);
 
@@ -326,6 +337,8 @@ fn detached_queue_pairs_are_steered_around_and_drained() {
     // Attached again: frames flow on the queue itself.
     qb[2].set_attached(true).expect("attach");
     assert_eq!(qa[2].send(&[plain(&data)]).expect("send"), 1);
-    let got = qb[2].recv(&mut [IoSliceMut::new(&mut buf)]).expect("recv");
+    let got = qb[2]
+        .recv(&[IoBufMut::from_mut_slice(&mut buf)])
+        .expect("recv");
     assert_eq!(got.map(|g| g.len), Some(60));
 }

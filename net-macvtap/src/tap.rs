@@ -22,7 +22,7 @@
 //! submit a batch in one system call; it has not been measured yet, so it is not used.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -30,12 +30,12 @@ use std::sync::Arc;
 
 use net_api::ether::ETH_HLEN;
 use net_api::{
-    Backend, Capabilities, DropReason, Error, GsoType, Interest, MacAddr, OffloadSet, QueuePair,
-    QueueStats, Readiness, Result, RxFrame, TxFrame, VirtioNetHdr, MAX_IOVECS,
+    Backend, Capabilities, DropReason, Error, GsoType, Interest, IoBuf, IoBufMut, MacAddr,
+    OffloadSet, QueuePair, QueueStats, Readiness, Result, RxFrame, TxFrame, VirtioNetHdr,
+    MAX_IOVECS,
 };
 use nix::errno::Errno;
 use nix::libc;
-use nix::sys::uio::{readv, writev};
 
 /// The virtio-net header the kernel reads and writes: the 12-byte layout (with
 /// `num_buffers`), little endian.
@@ -537,6 +537,7 @@ impl Device {
             fd,
             stats: QueueStats::default(),
             hdr: [0; VNET_HDR_LEN],
+            iov: Iovecs(Vec::with_capacity(MAX_IOVECS + 1)),
         };
         // Queue pairs open attached, whatever an earlier user left.
         q.set_queue(true)?;
@@ -747,6 +748,74 @@ pub struct TapQueue {
     fd: OwnedFd,
     stats: QueueStats,
     hdr: [u8; VNET_HDR_LEN],
+    /// The iovecs of one `writev`/`readv`, reused: the header, then the frame's buffers.
+    iov: Iovecs,
+}
+
+/// Scratch space for the iovecs of one system call.
+#[derive(Default)]
+struct Iovecs(Vec<libc::iovec>);
+
+// SAFETY: the pointers in the vector are written right before the `writev`/`readv` of one call
+// and never read afterwards: moving the (stale) scratch space to another thread moves no
+// access to the memory they name.
+unsafe impl Send for Iovecs {}
+
+impl std::fmt::Debug for Iovecs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Iovecs")
+    }
+}
+
+// `IoBuf` and `IoBufMut` have the layout of `struct iovec`; the iovecs below are built from
+// their fields, so only the field order and sizes matter here.
+const _: () = assert!(std::mem::size_of::<libc::iovec>() == std::mem::size_of::<IoBuf<'_>>());
+
+/// `writev` of a header of ours and the frame's buffers (guest memory, untouched: the kernel
+/// copies them).
+fn writev_frame(
+    fd: BorrowedFd<'_>,
+    iov: &mut Iovecs,
+    hdr: &[u8],
+    bufs: &[IoBuf<'_>],
+) -> nix::Result<usize> {
+    let iov = &mut iov.0;
+    iov.clear();
+    iov.push(libc::iovec {
+        iov_base: hdr.as_ptr() as *mut libc::c_void,
+        iov_len: hdr.len(),
+    });
+    iov.extend(bufs.iter().map(|b| libc::iovec {
+        iov_base: b.as_ptr() as *mut libc::c_void,
+        iov_len: b.len(),
+    }));
+    // SAFETY: every iovec describes readable memory for the call: `hdr` is ours, and each
+    // `IoBuf` is readable for its lifetime, which outlives the call. The kernel only reads.
+    let n = unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) };
+    Errno::result(n).map(|n| n as usize)
+}
+
+/// `readv` into a header of ours and the caller's buffers (guest memory, written by the kernel).
+fn readv_frame(
+    fd: BorrowedFd<'_>,
+    iov: &mut Iovecs,
+    hdr: &mut [u8],
+    bufs: &[IoBufMut<'_>],
+) -> nix::Result<usize> {
+    let iov = &mut iov.0;
+    iov.clear();
+    iov.push(libc::iovec {
+        iov_base: hdr.as_mut_ptr().cast(),
+        iov_len: hdr.len(),
+    });
+    iov.extend(bufs.iter().map(|b| libc::iovec {
+        iov_base: b.as_mut_ptr().cast(),
+        iov_len: b.len(),
+    }));
+    // SAFETY: every iovec describes writable memory for the call: `hdr` is ours (borrowed
+    // mutably), and each `IoBufMut` is writable for its lifetime, which outlives the call.
+    let n = unsafe { libc::readv(fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) };
+    Errno::result(n).map(|n| n as usize)
 }
 
 fn encode(hdr: &VirtioNetHdr, out: &mut [u8; VNET_HDR_LEN]) {
@@ -831,11 +900,7 @@ impl QueuePair for TapQueue {
             }
             let mut hdr = [0u8; VNET_HDR_LEN];
             encode(&frame.hdr, &mut hdr);
-            // One small allocation per frame, against a system call per frame.
-            let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(frame.data.len() + 1);
-            iov.push(IoSlice::new(&hdr));
-            iov.extend(frame.data.iter().map(|s| IoSlice::new(s)));
-            match writev(self.fd.as_fd(), &iov) {
+            match writev_frame(self.fd.as_fd(), &mut self.iov, &hdr, frame.data) {
                 Ok(n) if n == len + VNET_HDR_LEN => self.stats.count_tx(len),
                 Ok(_) => self.stats.tx_drops.add(DropReason::HostError),
                 Err(Errno::EAGAIN) => {
@@ -865,16 +930,13 @@ impl QueuePair for TapQueue {
         Ok(frames.len())
     }
 
-    fn recv(&mut self, bufs: &mut [IoSliceMut<'_>]) -> Result<Option<RxFrame>> {
-        let room: usize = bufs.iter().map(|b| b.len()).sum();
+    fn recv(&mut self, bufs: &[IoBufMut<'_>]) -> Result<Option<RxFrame>> {
+        let room = net_api::iovec::total_len_mut(bufs);
         // Frames dropped in one call are bounded: the caller comes back (readiness is
         // level-triggered) if more wait.
         for _ in 0..64 {
             let n = {
-                let mut iov: Vec<IoSliceMut<'_>> = Vec::with_capacity(bufs.len() + 1);
-                iov.push(IoSliceMut::new(&mut self.hdr));
-                iov.extend(bufs.iter_mut().map(|b| IoSliceMut::new(&mut b[..])));
-                match readv(self.fd.as_fd(), &mut iov) {
+                match readv_frame(self.fd.as_fd(), &mut self.iov, &mut self.hdr, bufs) {
                     Ok(n) => n,
                     Err(Errno::EAGAIN) => return Ok(None),
                     Err(Errno::EINTR) => continue,

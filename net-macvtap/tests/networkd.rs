@@ -3,8 +3,8 @@
 //! on the rendered files in a private namespace, creating macvtaps in every mode and a zone
 //! bridge, one of whose macvtaps then carries an ARP exchange through the macvtap backend.
 
+use net_api::IoBufMut;
 use std::fs::{self, File};
-use std::io::IoSliceMut;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -632,7 +632,7 @@ fn networkd_creates_the_rendered_links_and_traffic_passes() {
     let mut next_send = Instant::now();
     let answer = loop {
         if Instant::now() >= next_send {
-            let slices = [std::io::IoSlice::new(&request)];
+            let slices = [net_api::IoBuf::from_slice(&request)];
             let frame = TxFrame {
                 hdr: VirtioNetHdr::PLAIN,
                 data: &slices,
@@ -640,7 +640,7 @@ fn networkd_creates_the_rendered_links_and_traffic_passes() {
             assert_eq!(q.send(&[frame]).expect("send"), 1, "ARP request sent");
             next_send = Instant::now() + Duration::from_millis(500);
         }
-        let got = q.recv(&mut [IoSliceMut::new(&mut buf)]).expect("recv");
+        let got = q.recv(&[IoBufMut::from_mut_slice(&mut buf)]).expect("recv");
         match got {
             Some(rx) => {
                 if let Some(from) = arp_reply_from(&buf[..rx.len], mac, peer) {

@@ -3,7 +3,7 @@
 //! a veth pair, in another namespace, with receive offloads off: what they receive is what
 //! the kernel put on the wire, segmented and checksummed.
 
-use std::io::{IoSlice, IoSliceMut};
+use net_api::{IoBuf, IoBufMut};
 use std::time::{Duration, Instant};
 
 use etherparse::{Ipv4Header, TcpHeader};
@@ -44,7 +44,7 @@ fn recv_matching(
     let mut buf = vec![0u8; 70_000];
     let end = Instant::now() + timeout;
     while out.len() < want && Instant::now() < end {
-        match q.recv(&mut [IoSliceMut::new(&mut buf)]).expect("recv") {
+        match q.recv(&[IoBufMut::from_mut_slice(&mut buf)]).expect("recv") {
             Some(f) => {
                 if keep(&buf[..f.len]) {
                     out.push((f.hdr, buf[..f.len].to_vec()));
@@ -60,7 +60,7 @@ fn recv_matching(
 }
 
 fn send(q: &mut TapQueue, hdr: VirtioNetHdr, frame: &[u8]) {
-    let data = [IoSlice::new(frame)];
+    let data = [IoBuf::from_slice(frame)];
     assert_eq!(q.send(&[TxFrame { hdr, data: &data }]).expect("send"), 1);
 }
 

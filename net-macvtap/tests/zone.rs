@@ -5,7 +5,7 @@
 //! subnet), C is a container. Needs root; skipped with a printed reason otherwise. Every
 //! namespace is deleted when its `NetNs` drops (also when a test fails).
 
-use std::io::{IoSlice, IoSliceMut};
+use net_api::{IoBuf, IoBufMut};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
@@ -399,7 +399,7 @@ struct Guest<Q: QueuePair> {
 
 impl<Q: QueuePair> Guest<Q> {
     fn send(&mut self, frame: &[u8]) {
-        let data = [IoSlice::new(frame)];
+        let data = [IoBuf::from_slice(frame)];
         let tx = [TxFrame {
             hdr: VirtioNetHdr::default(),
             data: &data,
@@ -422,8 +422,8 @@ impl<Q: QueuePair> Guest<Q> {
         let mut buf = vec![0u8; 65536];
         while Instant::now() < deadline {
             let got = {
-                let mut bufs = [IoSliceMut::new(&mut buf)];
-                self.queue.recv(&mut bufs).expect("recv")
+                let bufs = [IoBufMut::from_mut_slice(&mut buf)];
+                self.queue.recv(&bufs).expect("recv")
             };
             let Some(rx) = got else {
                 std::thread::sleep(Duration::from_millis(5));

@@ -2,24 +2,27 @@
 //! command-line entry point ([`ServeArgs`], [`run`]) shared by the `volt-net-serve` binary
 //! and `volt-net serve`.
 //!
-//! It listens on the socket, serves one frontend at a time, logs a line per connection and
-//! per error, and keeps serving when a frontend goes away (QEMU reconnects with
-//! `reconnect=1`). SIGTERM or SIGINT removes the socket and exits 0; a TAP it created goes
-//! with the process. `--backend loopback` needs no privileges: its far end echoes, drops
-//! (`--loopback-mode sink`) or generates (`source`) frames, for tests and benchmarks.
+//! It listens on the socket, serves one frontend at a time, logs a line per session and per
+//! error, and keeps serving when a frontend goes away (QEMU reconnects with `reconnect=1`).
+//! SIGTERM or SIGINT ends the session, removes the socket and the TAP it created, and exits 0.
+//! `--backend loopback` needs no privileges: it echoes frames back (a second thread), or, with
+//! `--loopback-mode sink` or `source`, takes or makes them in the worker's own thread, as
+//! DPDK testpmd's rxonly and txonly do (for benchmarks).
 
-use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
-use log::{error, info};
+use log::error;
 use net_api::loopback::{pair, LoopbackConfig};
-use net_api::{Backend, MacAddr, OffloadSet, QueuePair, TxFrame};
+use net_api::null::{Null, NullMode};
+use net_api::{Backend, IoBuf, IoBufMut, MacAddr, OffloadSet, QueuePair, TxFrame};
 use net_macvtap::tap::{Macvtap, Tap};
 use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-use crate::backend::{NetBackend, ServeConfig};
+use crate::device::ServeConfig;
 use crate::server::Server;
 
 /// The host side of the daemon.
@@ -61,10 +64,17 @@ pub struct ServeArgs {
     /// Do not offer mergeable receive buffers.
     #[arg(long)]
     pub no_mrg_rxbuf: bool,
-    /// What the loopback's far end does with frames: send them back (echo), drop them
-    /// (sink), or drop them and send 64-byte frames as fast as the guest takes them (source).
+    /// What the loopback does with frames: send them back (echo, through a second thread),
+    /// take them (sink), or take them and give the guest a frame whenever it has a buffer
+    /// (source); sink and source work in the worker's own thread.
     #[arg(long, value_enum, default_value_t = LoopbackMode::Echo)]
     pub loopback_mode: LoopbackMode,
+    /// The source's frame length in bytes (60 to 1514).
+    #[arg(long, default_value_t = 64)]
+    pub source_len: usize,
+    /// How long a frontend may take from connecting to starting its first ring, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub handshake_timeout: u64,
 }
 
 /// What the loopback's far end does with the guest's frames.
@@ -74,49 +84,61 @@ pub enum LoopbackMode {
     Echo,
     /// Drops them.
     Sink,
-    /// Drops them and sends 64-byte frames as fast as the guest takes them.
+    /// Drops them, and fills every receive buffer the guest gives with a frame.
     Source,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT (exit 0) or a fatal error (exit 1, logged).
-/// Call it from `main`, with a logger set up: it blocks the two signals in the calling thread
-/// first, so call it before starting other threads.
+/// Call it from `main`, with a logger set up, before starting other threads: it blocks the two
+/// signals in the calling thread (the threads it starts inherit that) and takes them from a
+/// signalfd.
 pub fn run(args: &ServeArgs) -> ExitCode {
-    // SIGTERM/SIGINT are taken by a thread of ours: block them everywhere first.
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGTERM);
     signals.add(Signal::SIGINT);
-    if let Err(e) = signals.thread_block() {
-        error!("blocking signals: {e}");
-        return ExitCode::FAILURE;
-    }
-    let socket = args.socket.clone();
-    std::thread::spawn(move || {
-        if let Ok(sig) = signals.wait() {
-            info!("{sig}: removing {} and exiting", socket.display());
-        }
-        let _ = std::fs::remove_file(&socket);
-        std::process::exit(0);
+    let stop = signals.thread_block().and_then(|()| {
+        SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
     });
+    let stop = match stop {
+        Ok(s) => s,
+        Err(e) => {
+            error!("taking SIGTERM and SIGINT: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let cfg = ServeConfig {
         queue_pairs: args.queues,
         queue_size: args.queue_size,
         mergeable_rx: !args.no_mrg_rxbuf,
+        handshake_timeout: std::time::Duration::from_secs(args.handshake_timeout),
     };
     let res = match args.backend {
         Kind::Tap => {
             let iface = args.iface.clone().unwrap_or_default();
             Tap::create(&iface, args.queues)
                 .map_err(|e| e.to_string())
-                .and_then(|b| serve(args, b, cfg))
+                .and_then(|b| serve(args, b, cfg, &stop))
         }
         Kind::Macvtap => {
             let iface = args.iface.clone().unwrap_or_default();
             Macvtap::open(&iface, args.queues)
                 .map_err(|e| e.to_string())
-                .and_then(|b| serve(args, b, cfg))
+                .and_then(|b| serve(args, b, cfg, &stop))
         }
-        Kind::Loopback => loopback(args).and_then(|b| serve(args, b, cfg)),
+        Kind::Loopback => match args.loopback_mode {
+            LoopbackMode::Echo => loopback(args).and_then(|b| serve(args, b, cfg, &stop)),
+            LoopbackMode::Sink => Null::new(NullMode::Sink, args.queues)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serve(args, b, cfg, &stop)),
+            LoopbackMode::Source => Null::new(
+                NullMode::Source {
+                    len: args.source_len,
+                },
+                args.queues,
+            )
+            .map_err(|e| e.to_string())
+            .and_then(|b| serve(args, b, cfg, &stop)),
+        },
         #[cfg(feature = "afxdp")]
         Kind::Afxdp => {
             let iface = args.iface.clone().unwrap_or_default();
@@ -126,10 +148,9 @@ pub fn run(args: &ServeArgs) -> ExitCode {
                 ..net_afxdp::AfXdpConfig::new(&iface, mac)
             })
             .map_err(|e| e.to_string())
-            .and_then(|b| serve(args, b, cfg))
+            .and_then(|b| serve(args, b, cfg, &stop))
         }
     };
-    let _ = std::fs::remove_file(&args.socket);
     match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -156,95 +177,47 @@ fn loopback(args: &ServeArgs) -> Result<net_api::loopback::Loopback, String> {
         let mut q = far.open_queue_pair(i).map_err(|e| e.to_string())?;
         q.set_rx_offloads(OffloadSet::ALL)
             .map_err(|e| e.to_string())?;
-        let mode = args.loopback_mode;
-        std::thread::spawn(move || far_end(q, mode));
+        std::thread::spawn(move || far_end(q));
     }
     std::mem::forget(far);
     Ok(ours)
 }
 
-fn far_end(mut q: net_api::loopback::LoopbackQueue, mode: LoopbackMode) {
+/// The loopback's far end: sends every frame back.
+fn far_end(mut q: net_api::loopback::LoopbackQueue) {
     let mut buf = vec![0u8; 70_000];
-    let mut frame = [0u8; 64];
-    frame[..6].copy_from_slice(&[0xff; 6]);
-    frame[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x42]);
-    frame[12..14].copy_from_slice(&[0x88, 0xb5]);
     loop {
-        let mut idle = true;
-        match q.recv(&mut [IoSliceMut::new(&mut buf)]) {
+        match q.recv(&[IoBufMut::from_mut_slice(&mut buf)]) {
             Ok(Some(f)) => {
-                idle = false;
-                if mode == LoopbackMode::Echo {
-                    let data = [IoSlice::new(&buf[..f.len])];
-                    // Full: the frame is dropped, as a switch would.
-                    let _ = q.send(&[TxFrame {
-                        hdr: f.hdr,
-                        data: &data,
-                    }]);
-                }
+                let data = [IoBuf::from_slice(&buf[..f.len])];
+                // Full: the frame is dropped, as a switch would.
+                let _ = q.send(&[TxFrame {
+                    hdr: f.hdr,
+                    data: &data,
+                }]);
             }
-            Ok(None) => {}
+            Ok(None) => {
+                let fd = q.rx_readiness().fd;
+                let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
+                let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16));
+            }
             Err(e) => {
                 error!("loopback: {e}");
                 return;
             }
         }
-        if mode == LoopbackMode::Source {
-            let data = [IoSlice::new(&frame)];
-            let frames = [TxFrame {
-                hdr: net_api::VirtioNetHdr::PLAIN,
-                data: &data,
-            }; 32];
-            match q.send(&frames) {
-                Ok(n) if n > 0 => idle = false,
-                Ok(_) => {}
-                Err(e) => {
-                    error!("loopback: {e}");
-                    return;
-                }
-            }
-        }
-        if idle {
-            let fd = q.rx_readiness().fd;
-            let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
-            let timeout = if mode == LoopbackMode::Source {
-                1u16
-            } else {
-                100
-            };
-            let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(timeout));
-        }
     }
 }
 
-fn serve<B>(args: &ServeArgs, backend: B, cfg: ServeConfig) -> Result<(), String>
+fn serve<B>(args: &ServeArgs, backend: B, cfg: ServeConfig, stop: &SignalFd) -> Result<(), String>
 where
-    B: Backend + Send + Sync + 'static,
+    B: Backend,
     B::Queue: Send,
 {
-    let device = NetBackend::new(backend, cfg).map_err(|e| e.to_string())?;
-    let name = device.name().to_string();
-    let mut server = Server::new(&args.socket, device).map_err(|e| e.to_string())?;
-    info!("serving {name} on {}", args.socket.display());
-    let mut failures = 0u32;
-    loop {
-        match server.serve_one() {
-            Ok(s) => {
-                failures = 0;
-                info!(
-                    "frontend gone ({}) after {} requests, {} frames from the guest, {} to it; waiting for the next one",
-                    s.end, s.requests, s.from_guest, s.to_guest
-                );
-            }
-            // Out of fds or threads, say: give it a moment, but do not spin forever.
-            Err(e) => {
-                failures += 1;
-                error!("serving a frontend: {e}");
-                if failures >= 10 {
-                    return Err(format!("giving up after {failures} failures in a row"));
-                }
-                std::thread::sleep(std::time::Duration::from_millis(200));
-            }
-        }
-    }
+    let mut server = Server::new(&args.socket, backend, cfg).map_err(|e| e.to_string())?;
+    server
+        .run(stop.as_fd())
+        .map_err(|e| format!("serving on {}: {e}", args.socket.display()))?;
+    log::info!("stopping: removing {}", args.socket.display());
+    Ok(())
 }

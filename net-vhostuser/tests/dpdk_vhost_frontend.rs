@@ -131,12 +131,12 @@ fn testpmd_rx(out: &str) -> u64 {
     dpdk::last_number_after(out, "RX-packets:").expect("testpmd's RX count")
 }
 
-fn vhost_pmd(tpmd: &str, tag: &str, sock: &Path) -> Testpmd {
-    let pmd = Testpmd::start(
-        tpmd,
+fn vhost_pmd(tag: &str, sock: &Path) -> Testpmd {
+    let pmd = dpdk::testpmd(
         tag,
         &format!("net_vhost0,iface={},queues=1", sock.display()),
         "rxonly",
+        false,
     );
     assert!(
         dpdk::wait_for_path(sock, Duration::from_secs(20)),
@@ -150,7 +150,7 @@ fn vhost_pmd(tpmd: &str, tag: &str, sock: &Path) -> Testpmd {
 fn frames_we_push_arrive_in_dpdk_net_vhost_and_again_after_it_restarts() {
     const TEST: &str = "frames_we_push_arrive_in_dpdk_net_vhost_and_again_after_it_restarts";
     let _turn = dpdk::TURN.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(tpmd) = dpdk::testpmd_or_skip(TEST) else {
+    let Some(_) = dpdk::testpmd_or_skip(TEST) else {
         return;
     };
     let tag = format!("volt-vfe-{}", std::process::id());
@@ -158,7 +158,7 @@ fn frames_we_push_arrive_in_dpdk_net_vhost_and_again_after_it_restarts() {
     let sock = dir.0.join("vhost.sock");
     let mem = shared_memory();
 
-    let pmd = vhost_pmd(tpmd, &format!("{tag}-a"), &sock);
+    let pmd = vhost_pmd(&format!("{tag}-a"), &sock);
     let mut net = VhostUserNet::connect(&sock, 1).expect("connecting to net_vhost");
     let version_1 = 1u64 << 32;
     assert_ne!(net.features() & version_1, 0, "net_vhost offers VERSION_1");
@@ -174,7 +174,7 @@ fn frames_we_push_arrive_in_dpdk_net_vhost_and_again_after_it_restarts() {
     assert_eq!(testpmd_rx(&out), 5000, "testpmd counts them:\n{out}");
 
     // The backend restarts; the frontend connects again and resumes where it was.
-    let pmd = vhost_pmd(tpmd, &format!("{tag}-b"), &sock);
+    let pmd = vhost_pmd(&format!("{tag}-b"), &sock);
     net.reconnect(Duration::from_secs(20))
         .expect("reconnecting to the new net_vhost");
     let second = send(&mem, &mut rings, 3000);

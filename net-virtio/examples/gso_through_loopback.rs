@@ -5,7 +5,7 @@
 //! cargo run -p net-virtio --example gso_through_loopback
 //! ```
 
-use std::io::{IoSlice, IoSliceMut};
+use net_api::{IoBuf, IoBufMut};
 
 use net_api::loopback::{pair, LoopbackConfig};
 use net_api::{Backend, OffloadSet, QueuePair, TxFrame};
@@ -49,7 +49,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             TxRoute::Direct(h) => {
                 qa.send(&[TxFrame {
                     hdr: h,
-                    data: &[IoSlice::new(&frame)],
+                    data: &[IoBuf::from_slice(&frame)],
                 }])?;
                 println!("{name}: passed through untouched, 1 frame");
                 1
@@ -60,7 +60,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 for (h, bytes) in &frames {
                     qa.send(&[TxFrame {
                         hdr: *h,
-                        data: &[IoSlice::new(bytes)],
+                        data: &[IoBuf::from_slice(bytes)],
                     }])?;
                 }
                 let partial = frames.iter().filter(|(h, _)| h.needs_csum()).count();
@@ -77,7 +77,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let rx = RxTranslator::new(OffloadSet::NONE);
         let (mut delivered, mut bytes) = (0usize, 0usize);
         let mut buf = vec![0u8; caps.max_frame];
-        while let Some(got) = qb.recv(&mut [IoSliceMut::new(&mut buf)])? {
+        while let Some(got) = qb.recv(&[IoBufMut::from_mut_slice(&mut buf)])? {
             let f = &mut buf[..got.len];
             let head = f.len().min(HEAD_LEN);
             match rx.route(&got.hdr, f.len(), &f[..head])? {

@@ -17,7 +17,7 @@
 // Examples are documented by this header.
 #![allow(missing_docs)]
 
-use std::io::IoSliceMut;
+use net_api::IoBufMut;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use kvm_bindings::kvm_userspace_memory_region;
@@ -152,7 +152,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut buf = [0u8; 1518];
     let got = peer
-        .recv(&mut [IoSliceMut::new(&mut buf)])?
+        .recv(&[IoBufMut::from_mut_slice(&mut buf)])?
         .ok_or("no frame arrived")?;
     assert_eq!(&buf[..got.len], &frame[..]);
     let tx = dev.stats().pairs[0].1;

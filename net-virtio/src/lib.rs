@@ -10,12 +10,15 @@
 //!   the backend has the offloads, and otherwise completing checksums ([`csum`]) and segmenting
 //!   GSO frames ([`gso`]) in software; adjusting received headers to the guest's features;
 //! - [`frame`]: the header parsing segmentation needs;
-//! - [`pump`]: the transmit and receive virtqueue pumps (virtio-queue over vm-memory), with
-//!   mergeable receive buffers, zero-copy where the backend takes iovecs, and backpressure;
+//! - [`mem`]: guest memory as a region table, and the rings as pointers checked once (the one
+//!   module with `unsafe`); [`queue`]: the split virtqueue, read in bursts; [`chain`]:
+//!   descriptor chains walked with bounds;
+//! - [`pump`]: the transmit and receive pumps, with mergeable receive buffers, zero-copy where
+//!   the backend takes iovecs, and backpressure; [`engine`]: one queue pair's pumps, budget,
+//!   fairness, interrupts and watched fds, shared by the device and the vhost-user daemon;
 //! - [`ctrl`]: control queue commands, bounded decoding;
 //! - [`device`]: the device a VMM embeds: features, config space, status, multiqueue, the
-//!   control queue, and the fds and calls of its event loop ([`irq`] for interrupts);
-//! - [`guest`]: descriptor chains walked with bounds, and guest memory as `IoSlice`s.
+//!   control queue, and the fds and calls of its event loop ([`irq`] for interrupts).
 //!
 //! Malformed input from a guest is a typed error or a counted drop, never a panic.
 //!
@@ -43,33 +46,40 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-// Only `guest` may use `unsafe` (guest memory as `IoSlice`s for the backends).
+// Only `mem` may use `unsafe` (guest memory and rings through pointers checked once).
 #![deny(unsafe_code)]
 
+pub mod chain;
 pub mod codec;
 pub mod csum;
 pub mod ctrl;
 pub mod device;
+pub mod engine;
 pub mod error;
 pub mod features;
 pub mod frame;
 pub mod gso;
-#[allow(unsafe_code)]
-pub mod guest;
 pub mod irq;
+pub mod mem;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod mock;
 pub mod pump;
+pub mod queue;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod reference;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod test_utils;
 pub mod translate;
 
 pub use codec::{HdrLayout, ShortHeader};
 pub use device::{DeviceConfig, DeviceError, Event, NetDevice, Watch};
+pub use engine::{PairConfig, PairEngine, RunOutcome, Side, Work};
 pub use error::FrameError;
 pub use gso::{Segment, Segmenter, MAX_SEGMENT_HEADERS};
 pub use irq::{EventFdInterrupts, Interrupt, IrqCause};
+pub use mem::GuestRegions;
 pub use pump::{PumpError, PumpOutcome, PumpStats, RxPump, TxPump};
+pub use queue::SplitQueue;
 pub use translate::{
     RxRoute, RxTranslator, SoftFrame, TxRoute, TxTranslator, HEAD_LEN, MAX_FRAME_LEN,
 };

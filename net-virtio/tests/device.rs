@@ -696,7 +696,7 @@ fn received_offloads_the_guest_did_not_take_are_done_in_software() {
     }
     .build();
     for (h, fr) in [(hdr, &gso), (chdr, &csum)] {
-        let data = [std::io::IoSlice::new(fr)];
+        let data = [net_api::IoBuf::from_slice(fr)];
         assert_eq!(
             peer.send(&[net_api::TxFrame {
                 hdr: h,
@@ -829,7 +829,6 @@ fn release_buffers_returns_everything_the_device_holds() {
     assert!(!used.is_empty());
     assert!(used.iter().all(|u| u.1 == 0));
     let q = r.dev.queue(0).expect("queue");
-    use virtio_queue::QueueT;
     assert_eq!(
         q.next_avail(),
         q.next_used(),
@@ -869,7 +868,7 @@ fn chains_queued_before_driver_ok_are_sent_at_driver_ok() {
     .expect("driver ok");
     let mut buf = vec![0u8; 2048];
     let got = peer
-        .recv(&mut [std::io::IoSliceMut::new(&mut buf)])
+        .recv(&[net_api::IoBufMut::from_mut_slice(&mut buf)])
         .expect("recv");
     assert_eq!(got.map(|g| g.len), Some(80));
     // And the driver's later kicks are asked for (EVENT_IDX re-armed).
@@ -879,7 +878,7 @@ fn chains_queued_before_driver_ok_are_sent_at_driver_ok() {
         "the device wants the next kick"
     );
     assert!(peer
-        .recv(&mut [std::io::IoSliceMut::new(&mut buf)])
+        .recv(&[net_api::IoBufMut::from_mut_slice(&mut buf)])
         .expect("recv")
         .is_some());
     // Clearing status bits without a reset changes nothing.

@@ -572,7 +572,7 @@ fn a_frame_larger_than_every_buffer_the_ring_can_hold_is_dropped_not_spun_on() {
     let (hdr, big) = net_virtio::test_utils::GuestFrame::tso4_64k().build();
     let small = frame(60, 9);
     for (h, f) in [(hdr, &big), (VirtioNetHdr::PLAIN, &small)] {
-        let data = [std::io::IoSlice::new(f)];
+        let data = [net_api::IoBuf::from_slice(f)];
         peer.send(&[net_api::TxFrame {
             hdr: h,
             data: &data,
@@ -624,7 +624,7 @@ fn a_failing_backend_loses_no_guest_chain() {
     let mut got = Vec::new();
     let mut buf = vec![0u8; 2048];
     while let Some(g) = peer
-        .recv(&mut [std::io::IoSliceMut::new(&mut buf)])
+        .recv(&[net_api::IoBufMut::from_mut_slice(&mut buf)])
         .expect("recv")
     {
         got.push(buf[..g.len].to_vec());

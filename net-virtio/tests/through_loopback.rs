@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::io::{IoSlice, IoSliceMut};
+use net_api::{IoBuf, IoBufMut};
 
 use common::{reassemble, verify};
 use net_api::loopback::{pair, LoopbackConfig};
@@ -58,7 +58,7 @@ fn transmit(q: &mut impl QueuePair, tx: &TxTranslator, hdr: &VirtioNetHdr, frame
         .expect("valid frame")
     {
         TxRoute::Direct(h) => {
-            let data = [IoSlice::new(frame)];
+            let data = [IoBuf::from_slice(frame)];
             assert_eq!(
                 q.send(&[TxFrame {
                     hdr: h,
@@ -74,7 +74,7 @@ fn transmit(q: &mut impl QueuePair, tx: &TxTranslator, hdr: &VirtioNetHdr, frame
             let out = tx.software(hdr, &mut copy).expect("software path");
             let frames = out.to_frames(&copy);
             for (h, bytes) in &frames {
-                let data = [IoSlice::new(bytes)];
+                let data = [IoBuf::from_slice(bytes)];
                 assert_eq!(
                     q.send(&[TxFrame {
                         hdr: *h,
@@ -93,7 +93,7 @@ fn transmit(q: &mut impl QueuePair, tx: &TxTranslator, hdr: &VirtioNetHdr, frame
 fn receive(q: &mut impl QueuePair, rx: &RxTranslator) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let mut buf = vec![0u8; 65_600];
-    while let Some(got) = q.recv(&mut [IoSliceMut::new(&mut buf)]).expect("recv") {
+    while let Some(got) = q.recv(&[IoBufMut::from_mut_slice(&mut buf)]).expect("recv") {
         let frame = &mut buf[..got.len];
         match rx
             .route(&got.hdr, frame.len(), &frame[..frame.len().min(HEAD_LEN)])

@@ -3,50 +3,72 @@
 use log::{info, warn};
 use net_api::Backend;
 use virtio_bindings::virtio_net as vn;
-use virtio_queue::{QueueOwnedT, QueueT};
-use vm_memory::GuestMemory;
 
 use super::{DeviceError, NetDevice};
+use crate::chain::{self, Direction, Seg};
 use crate::ctrl::{Command, CommandReader, Refused, RxMode};
-use crate::guest::{self, Direction, Seg};
-use crate::irq::Interrupt;
-use crate::pump::{PumpError, PumpOutcome, BUDGET};
+use crate::irq::{Interrupt, IrqCause};
+use crate::mem::GuestRegions;
+use crate::pump::BUDGET;
+use crate::queue::{RingError, SplitQueue};
 
 /// The most control-command bytes read (a MAC table of about 170000 addresses).
 const MAX_CTRL_BYTES: u64 = 1 << 20;
 
 impl<B: Backend, I: Interrupt> NetDevice<B, I> {
-    pub(super) fn run_ctrl<M: GuestMemory>(&mut self, mem: &M) -> Result<(), DeviceError> {
+    pub(super) fn run_ctrl(&mut self, mem: &GuestRegions<'_>) -> Result<(), DeviceError> {
         let index = self.ctrl_index();
-        let res = self.ctrl_pass(index, mem);
-        self.after_pump(index, res, (false, false), (false, false))
+        let qi = usize::from(index);
+        // The queue is ours for the pass: commands change the device, not this queue.
+        let mut queue = std::mem::replace(&mut self.queues[qi], SplitQueue::new(1));
+        let res = self.ctrl_pass(&mut queue, mem);
+        self.queues[qi] = queue;
+        match res {
+            Ok((notify, more)) => {
+                if notify {
+                    self.irq.trigger(IrqCause::Queue(index))?;
+                }
+                if more {
+                    self.kicks[qi].write(1)?;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                warn!("{}: queue {index}: {e}", self.name);
+                self.enter_needs_reset();
+                Ok(())
+            }
+        }
     }
 
-    fn ctrl_pass<M: GuestMemory>(&mut self, index: u16, mem: &M) -> Result<PumpOutcome, PumpError> {
-        let qi = usize::from(index);
-        let mut out = PumpOutcome::default();
+    /// Answers the commands waiting; returns whether to interrupt and whether work is left.
+    fn ctrl_pass(
+        &mut self,
+        queue: &mut SplitQueue,
+        mem: &GuestRegions<'_>,
+    ) -> Result<(bool, bool), RingError> {
+        let mut ring = queue.ring(mem)?;
         let mut budget = BUDGET;
-        self.queues[qi].disable_notification(mem)?;
+        let mut more = false;
+        ring.disable_notification();
         loop {
             if budget == 0 {
-                out.more = true;
+                more = true;
                 break;
             }
-            let Some(chain) = self.queues[qi].iter(mem)?.next() else {
+            let Some(head) = ring.pop()? else {
                 // Re-arm the driver's notifications (EVENT_IDX: avail_event), then look once
                 // more for what it added meanwhile.
-                if self.queues[qi].enable_notification(mem)? {
-                    self.queues[qi].disable_notification(mem)?;
+                if ring.enable_notification()? {
+                    ring.disable_notification();
                     continue;
                 }
                 break;
             };
             budget -= 1;
-            let head = chain.head_index();
-            let walked = guest::walk(
-                chain,
+            let walked = ring.walk(
+                head,
                 Direction::ReadThenWrite,
-                usize::from(self.queues[qi].size()),
                 MAX_CTRL_BYTES,
                 &mut self.ctrl_segs,
             );
@@ -55,12 +77,11 @@ impl<B: Backend, I: Interrupt> NetDevice<B, I> {
                 // before the command is applied.
                 Ok(w)
                     if w.writable > 0
-                        && guest::check(
+                        && chain::check(
                             mem,
                             self.ctrl_segs
                                 .get(w.readable_segs..=w.readable_segs)
                                 .unwrap_or(&[]),
-                            vm_memory::Permissions::Write,
                         )
                         .is_ok() =>
                 {
@@ -68,10 +89,7 @@ impl<B: Backend, I: Interrupt> NetDevice<B, I> {
                 }
                 _ => {
                     self.ctrl_stats.bad_chains += 1;
-                    if head < self.queues[qi].size() {
-                        self.queues[qi].add_used(mem, head, 0)?;
-                        out.completed += 1;
-                    }
+                    ring.add_used(head, 0);
                     continue;
                 }
             };
@@ -95,19 +113,15 @@ impl<B: Backend, I: Interrupt> NetDevice<B, I> {
                     vn::VIRTIO_NET_ERR as u8
                 }
             };
-            let written = guest::write_to(mem, segs[w.readable_segs..].iter().copied(), 0, &[ack])
+            let written = chain::write_to(mem, segs[w.readable_segs..].iter().copied(), 0, &[ack])
                 .unwrap_or(0);
             self.ctrl_segs = segs;
-            self.queues[qi].add_used(mem, head, written as u32)?;
-            out.completed += 1;
+            ring.add_used(head, written as u32);
         }
-        if out.completed > 0 && self.queues[qi].needs_notification(mem)? {
-            out.notify = true;
-        }
-        Ok(out)
+        Ok((ring.needs_notification(), more))
     }
 
-    fn apply<M: GuestMemory>(&mut self, cmd: Command, mem: &M) -> Result<(), Refused> {
+    fn apply(&mut self, cmd: Command, mem: &GuestRegions<'_>) -> Result<(), Refused> {
         let (old_filter, old_mac) = (self.filter.clone(), self.mac);
         let res = self.apply_inner(cmd, mem);
         if res.is_err() {
@@ -118,7 +132,7 @@ impl<B: Backend, I: Interrupt> NetDevice<B, I> {
         res
     }
 
-    fn apply_inner<M: GuestMemory>(&mut self, cmd: Command, mem: &M) -> Result<(), Refused> {
+    fn apply_inner(&mut self, cmd: Command, mem: &GuestRegions<'_>) -> Result<(), Refused> {
         let backend_err = |e: net_api::Error| {
             warn!("backend refused a control command: {e}");
             Refused::OutOfRange
@@ -189,14 +203,14 @@ impl<B: Backend, I: Interrupt> NetDevice<B, I> {
 }
 
 /// Reads a control command from the readable segments of a chain.
-struct SegReader<'a, M: GuestMemory + ?Sized> {
-    mem: &'a M,
+struct SegReader<'a, 'm> {
+    mem: &'a GuestRegions<'m>,
     segs: &'a [Seg],
     skip: u64,
     left: u64,
 }
 
-impl<M: GuestMemory + ?Sized> CommandReader for SegReader<'_, M> {
+impl CommandReader for SegReader<'_, '_> {
     fn remaining(&self) -> u64 {
         self.left
     }
@@ -205,7 +219,7 @@ impl<M: GuestMemory + ?Sized> CommandReader for SegReader<'_, M> {
         if out.len() as u64 > self.left {
             return Err(Refused::BadLength);
         }
-        let n = guest::read_from(self.mem, self.segs, self.skip as usize, out)
+        let n = chain::read_from(self.mem, self.segs, self.skip as usize, out)
             .map_err(|_| Refused::Unreadable)?;
         if n != out.len() {
             return Err(Refused::Unreadable);

@@ -25,8 +25,7 @@ use net_api::{Backend, Capabilities, Interest, MacAddr, QueuePair, RxFilter};
 use virtio_bindings::virtio_config as vc;
 use virtio_bindings::virtio_net as vn;
 use virtio_bindings::virtio_ring as vr;
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddress, GuestMemory};
+use vm_memory::GuestMemory;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 mod control;
@@ -34,13 +33,15 @@ mod types;
 
 pub use types::{CtrlStats, DeviceConfig, DeviceError, DeviceStats, Event, Watch};
 
+use crate::chain::Seg;
 use crate::codec::HdrLayout;
 use crate::ctrl::GUEST_OFFLOAD_BITS;
-use crate::features::{bit, check_dependencies, guest_offloads, offload_features, rx_plan};
-use crate::guest::Seg;
+use crate::engine::{EngineError, PairConfig, PairEngine, RunOutcome, Side, Work};
+use crate::features::{bit, check_dependencies, offload_features};
 use crate::irq::{Interrupt, IrqCause};
-use crate::pump::{PumpError, PumpOutcome, RxConfig, RxPump, TxPump};
-use crate::translate::{RxTranslator, TxTranslator};
+use crate::mem::GuestRegions;
+use crate::pump::BUDGET;
+use crate::queue::{ConfigError, SplitQueue};
 
 /// `VIRTIO_CONFIG_S_*` as a byte.
 const S_FEATURES_OK: u8 = vc::VIRTIO_CONFIG_S_FEATURES_OK as u8;
@@ -50,13 +51,6 @@ const S_FAILED: u8 = vc::VIRTIO_CONFIG_S_FAILED as u8;
 
 /// Bytes of the config space this device has (`mac` .. `duplex`).
 pub const CONFIG_LEN: usize = 17;
-
-struct Pair<Q> {
-    backend: Q,
-    rx: Option<RxPump>,
-    tx: Option<TxPump>,
-    attached: bool,
-}
 
 /// The queue a transport index stands for under the acked features.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,9 +73,10 @@ pub struct NetDevice<B: Backend, I: Interrupt> {
     mtu: u16,
     link_up: bool,
     announce: bool,
-    queues: Vec<Queue>,
+    queues: Vec<SplitQueue>,
     kicks: Vec<EventFd>,
-    pairs: Vec<Pair<B::Queue>>,
+    pairs: Vec<PairEngine<B::Queue>>,
+    pair_cfg: Option<PairConfig>,
     active_pairs: u16,
     guest_rx: u64,
     filter: RxFilter,
@@ -130,18 +125,10 @@ impl<B: Backend, I: Interrupt> NetDevice<B, I> {
         for i in 0..cfg.queue_pairs {
             let mut q = backend.open_queue_pair(i)?;
             q.set_attached(false)?;
-            pairs.push(Pair {
-                backend: q,
-                rx: None,
-                tx: None,
-                attached: false,
-            });
+            pairs.push(PairEngine::new(q, false));
         }
         let nq = 2 * cfg.queue_pairs + u16::from(cfg.ctrl_queue);
-        let queues = (0..nq)
-            .map(|_| Queue::new(qs))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| DeviceError::Config(e.to_string()))?;
+        let queues = (0..nq).map(|_| SplitQueue::new(qs)).collect();
         let kicks = (0..nq)
             .map(|_| EventFd::new(EFD_NONBLOCK))
             .collect::<io::Result<Vec<_>>>()?;
@@ -159,6 +146,7 @@ impl<B: Backend, I: Interrupt> NetDevice<B, I> {
             queues,
             kicks,
             pairs,
+            pair_cfg: None,
             active_pairs: 1,
             guest_rx: 0,
             filter: RxFilter::default(),
@@ -298,7 +286,7 @@ impl<B: Backend, I: Interrupt> NetDevice<B, I> {
     }
 
     /// The queue at a transport index, for save/restore or inspection.
-    pub fn queue(&self, index: u16) -> Option<&Queue> {
+    pub fn queue(&self, index: u16) -> Option<&SplitQueue> {
         self.queues.get(usize::from(index))
     }
 
@@ -311,7 +299,7 @@ impl<B: Backend, I: Interrupt> NetDevice<B, I> {
     pub fn set_queue_size(&mut self, index: u16, size: u16) -> Result<(), DeviceError> {
         let i = self.queue_index_check(index, "a queue size")?;
         self.queues[i]
-            .try_set_size(size)
+            .set_size(size)
             .map_err(|_| DeviceError::InvalidQueueSize {
                 index,
                 size,
@@ -328,14 +316,14 @@ impl<B: Backend, I: Interrupt> NetDevice<B, I> {
         used: u64,
     ) -> Result<(), DeviceError> {
         let i = self.queue_index_check(index, "queue addresses")?;
-        let q = &mut self.queues[i];
-        let bad = |what, addr| DeviceError::InvalidQueueAddress { index, what, addr };
-        q.try_set_desc_table_address(GuestAddress(desc))
-            .map_err(|_| bad("descriptor table", desc))?;
-        q.try_set_avail_ring_address(GuestAddress(avail))
-            .map_err(|_| bad("available ring", avail))?;
-        q.try_set_used_ring_address(GuestAddress(used))
-            .map_err(|_| bad("used ring", used))
+        self.queues[i]
+            .set_addresses(desc, avail, used)
+            .map_err(|e| match e {
+                ConfigError::Alignment { what, addr, .. } => {
+                    DeviceError::InvalidQueueAddress { index, what, addr }
+                }
+                ConfigError::Size { .. } => DeviceError::Config(e.to_string()),
+            })
     }
 
     /// Marks a queue ready (or not), before `DRIVER_OK`.
@@ -503,17 +491,12 @@ impl<B: Backend, I: Interrupt> NetDevice<B, I> {
         // failure.
         let mut first_err = None;
         for p in &mut self.pairs {
-            p.rx = None;
-            p.tx = None;
-            if p.attached {
-                match p.backend.set_attached(false) {
-                    Ok(()) => p.attached = false,
-                    Err(e) => {
-                        first_err.get_or_insert(e);
-                    }
-                }
+            p.stop();
+            if let Err(e) = p.set_attached(false) {
+                first_err.get_or_insert(e);
             }
         }
+        self.pair_cfg = None;
         self.status = 0;
         self.acked = 0;
         self.active_pairs = 1;
@@ -534,18 +517,19 @@ impl<B: Backend, I: Interrupt> NetDevice<B, I> {
         }
     }
 
-    fn pair_ready<M: GuestMemory>(&self, i: u16, mem: &M) -> bool {
+    fn pair_ready(&self, i: u16, mem: &GuestRegions<'_>) -> bool {
         let (rx, tx) = (usize::from(2 * i), usize::from(2 * i + 1));
         self.queues[rx].is_valid(mem) && self.queues[tx].is_valid(mem)
     }
 
     fn activate<M: GuestMemory>(&mut self, mem: &M) -> Result<(), DeviceError> {
-        if !self.pair_ready(0, mem) {
+        let mem = GuestRegions::from_memory(mem)?;
+        if !self.pair_ready(0, &mem) {
             return Err(DeviceError::QueueNotUsable { index: 0 });
         }
         if self.has(vn::VIRTIO_NET_F_CTRL_VQ) {
             let c = self.ctrl_index();
-            if !self.queues[usize::from(c)].is_valid(mem) {
+            if !self.queues[usize::from(c)].is_valid(&mem) {
                 return Err(DeviceError::QueueNotUsable { index: c });
             }
         }
@@ -554,11 +538,10 @@ impl<B: Backend, I: Interrupt> NetDevice<B, I> {
             q.set_event_idx(event_idx);
         }
         let layout = HdrLayout::from_features(self.acked);
-        let translator = TxTranslator::new(&self.caps);
         for p in &mut self.pairs {
-            p.tx = Some(TxPump::new(layout, translator));
-            p.rx = None;
+            p.stop();
         }
+        self.pair_cfg = None;
         // Attach pair 0 first: a detached TAP queue refuses TUNSETOFFLOAD.
         self.set_active_pairs(1)?;
         self.guest_rx = self.acked & GUEST_OFFLOAD_BITS;
@@ -587,36 +570,30 @@ impl<B: Backend, I: Interrupt> NetDevice<B, I> {
         }
     }
 
-    /// Programs the receive offloads in force into the backend and the receive pumps.
+    /// Programs the receive offloads in force into the backend and the pumps: the pumps
+    /// start at the first call (`DRIVER_OK`) and are reconfigured afterwards
+    /// (`CTRL_GUEST_OFFLOADS`).
     fn apply_guest_offloads(&mut self) -> Result<(), DeviceError> {
-        let wanted = guest_offloads(self.guest_rx);
-        let (enable, max_frame) = rx_plan(&self.caps, wanted, self.mtu);
-        let layout = HdrLayout::from_features(self.acked);
-        let mergeable = self.has(vn::VIRTIO_NET_F_MRG_RXBUF);
+        let cfg = PairConfig::new(&self.caps, self.mtu, self.acked, self.guest_rx);
+        let first = self.pair_cfg.is_none();
         for p in &mut self.pairs {
             if self.caps.vnet_hdr {
-                p.backend.set_rx_offloads(enable)?;
+                p.backend_mut().set_rx_offloads(cfg.backend_rx_offloads)?;
             }
-            let translator = RxTranslator::new(wanted);
-            match p.rx.as_mut() {
-                Some(rx) => rx.reconfigure(translator, max_frame),
-                None => {
-                    p.rx = Some(RxPump::new(RxConfig {
-                        layout,
-                        mergeable,
-                        max_frame,
-                        translator,
-                    }))
-                }
+            if first {
+                p.start(&cfg);
+            } else {
+                p.reconfigure_rx(&cfg);
             }
         }
+        self.pair_cfg = Some(cfg);
         Ok(())
     }
 
     fn push_filter(&mut self) -> Result<(), DeviceError> {
         let mut all = true;
         for p in &mut self.pairs {
-            all &= p.backend.set_rx_filter(&self.filter)?;
+            all &= p.backend_mut().set_rx_filter(&self.filter)?;
         }
         self.filter_in_backend = all;
         Ok(())
@@ -624,11 +601,7 @@ impl<B: Backend, I: Interrupt> NetDevice<B, I> {
 
     fn set_active_pairs(&mut self, n: u16) -> Result<(), DeviceError> {
         for (i, p) in self.pairs.iter_mut().enumerate() {
-            let want = i < usize::from(n);
-            if p.attached != want {
-                p.backend.set_attached(want)?;
-                p.attached = want;
-            }
+            p.set_attached(i < usize::from(n))?;
         }
         self.active_pairs = n;
         self.generation += 1;
@@ -662,16 +635,17 @@ impl<B: Backend, I: Interrupt> NetDevice<B, I> {
             .take(usize::from(self.active_pairs))
         {
             let i = i as u16;
-            if p.rx.as_ref().is_some_and(|rx| !rx.is_waiting()) {
-                let r = p.backend.rx_readiness();
+            let (rx, tx) = p.wants();
+            if rx {
+                let r = p.backend().rx_readiness();
                 w.push(Watch {
                     fd: r.fd,
                     interest: r.interest,
                     event: Event::BackendRx(i),
                 });
             }
-            if p.tx.as_ref().is_some_and(|tx| tx.is_blocked()) {
-                let r = p.backend.tx_readiness();
+            if tx {
+                let r = p.backend().tx_readiness();
                 w.push(Watch {
                     fd: r.fd,
                     interest: r.interest,
@@ -699,10 +673,11 @@ impl<B: Backend, I: Interrupt> NetDevice<B, I> {
             Event::BackendRx(p) => Some(Role::Rx(p)),
             Event::BackendTx(p) => Some(Role::Tx(p)),
         };
+        let mem = GuestRegions::from_memory(mem)?;
         match role {
-            Some(Role::Rx(p)) if p < self.active_pairs => self.run_rx(p, mem),
-            Some(Role::Tx(p)) if p < self.active_pairs => self.run_tx(p, mem),
-            Some(Role::Ctrl) => self.run_ctrl(mem),
+            Some(Role::Rx(p)) if p < self.active_pairs => self.run_pair(p, Work::RX, &mem),
+            Some(Role::Tx(p)) if p < self.active_pairs => self.run_pair(p, Work::TX, &mem),
+            Some(Role::Ctrl) => self.run_ctrl(&mem),
             _ => Ok(()),
         }
     }
@@ -712,103 +687,90 @@ impl<B: Backend, I: Interrupt> NetDevice<B, I> {
         if self.status & S_DRIVER_OK == 0 || self.needs_reset() {
             return Ok(());
         }
+        let mem = GuestRegions::from_memory(mem)?;
         if self.has(vn::VIRTIO_NET_F_CTRL_VQ) {
-            self.run_ctrl(mem)?;
+            self.run_ctrl(&mem)?;
         }
         for p in 0..self.active_pairs {
-            self.run_tx(p, mem)?;
-            self.run_rx(p, mem)?;
+            self.run_pair(p, Work::BOTH, &mem)?;
         }
         Ok(())
     }
 
-    fn after_pump(
-        &mut self,
-        index: u16,
-        res: Result<PumpOutcome, PumpError>,
-        before: (bool, bool),
-        after: (bool, bool),
-    ) -> Result<(), DeviceError> {
-        if before != after {
-            self.generation += 1;
-        }
-        match res {
-            Ok(out) => {
-                if out.notify {
-                    self.irq.trigger(IrqCause::Queue(index))?;
-                }
-                if out.more {
-                    // Come back through the poll loop, after the other queues had a turn.
-                    self.kicks[usize::from(index)].write(1)?;
-                }
-                Ok(())
-            }
-            Err(PumpError::Ring(e)) => {
-                warn!("{}: queue {index}: {e}", self.name);
-                self.enter_needs_reset();
-                Ok(())
-            }
-            Err(PumpError::Backend(e)) => Err(e.into()),
-        }
-    }
-
-    fn run_tx<M: GuestMemory>(&mut self, p: u16, mem: &M) -> Result<(), DeviceError> {
-        let index = 2 * p + 1;
-        let Some(pair) = self.pairs.get_mut(usize::from(p)) else {
-            return Ok(());
-        };
-        let Some(tx) = pair.tx.as_mut() else {
-            return Ok(());
-        };
-        let before = (tx.is_blocked(), false);
-        let res = tx.process(&mut self.queues[usize::from(index)], mem, &mut pair.backend);
-        let after = (tx.is_blocked(), false);
-        self.after_pump(index, res, before, after)
-    }
-
-    fn run_rx<M: GuestMemory>(&mut self, p: u16, mem: &M) -> Result<(), DeviceError> {
-        let index = 2 * p;
+    /// Moves frames on pair `p` through its engine, then interrupts the driver and kicks
+    /// ourselves for what is left, as the engine says.
+    fn run_pair(&mut self, p: u16, work: Work, mem: &GuestRegions<'_>) -> Result<(), DeviceError> {
         let filter = if self.filter_in_backend || self.filter.accepts_all() {
             None
         } else {
             Some(&self.filter)
         };
-        let Some(pair) = self.pairs.get_mut(usize::from(p)) else {
+        let (rxi, txi) = (usize::from(2 * p), usize::from(2 * p + 1));
+        let Some(engine) = self.pairs.get_mut(usize::from(p)) else {
             return Ok(());
         };
-        let Some(rx) = pair.rx.as_mut() else {
-            return Ok(());
-        };
-        let before = (rx.is_waiting(), false);
-        let res = rx.process(
-            &mut self.queues[usize::from(index)],
-            mem,
-            &mut pair.backend,
-            filter,
-        );
-        let after = (rx.is_waiting(), false);
-        self.after_pump(index, res, before, after)
+        let before = engine.wants();
+        let (head, tail) = self.queues.split_at_mut(txi);
+        let res = engine.run(&mut head[rxi], &mut tail[0], mem, work, filter, BUDGET);
+        let after = engine.wants();
+        if before != after {
+            self.generation += 1;
+        }
+        self.after_run(p, res)
+    }
+
+    fn after_run(
+        &mut self,
+        p: u16,
+        res: Result<RunOutcome, EngineError>,
+    ) -> Result<(), DeviceError> {
+        let (rxi, txi) = (2 * p, 2 * p + 1);
+        match res {
+            Ok(out) => {
+                if out.notify_rx {
+                    self.irq.trigger(IrqCause::Queue(rxi))?;
+                }
+                if out.notify_tx {
+                    self.irq.trigger(IrqCause::Queue(txi))?;
+                }
+                // Come back through the poll loop, after the other queues had a turn.
+                if out.more_rx {
+                    self.kicks[usize::from(rxi)].write(1)?;
+                }
+                if out.more_tx {
+                    self.kicks[usize::from(txi)].write(1)?;
+                }
+                Ok(())
+            }
+            Err(EngineError::Ring { side, error }) => {
+                let index = if side == Side::Rx { rxi } else { txi };
+                warn!("{}: queue {index}: {error}", self.name);
+                self.enter_needs_reset();
+                Ok(())
+            }
+            Err(EngineError::Backend(e)) => Err(e.into()),
+        }
     }
 
     /// Returns every guest buffer the device holds (receive buffers waiting for frames, with
     /// length 0; a transmit frame half sent when the backend was full, dropped and counted),
-    /// so that the queues' state (`queue(i).state()`) describes every buffer: call it on a
-    /// paused device before saving it for a snapshot or a migration.
+    /// so that the queues' state (`queue(i)`) describes every buffer: call it on a paused
+    /// device before saving it for a snapshot or a migration.
     pub fn release_buffers<M: GuestMemory>(&mut self, mem: &M) -> Result<(), DeviceError> {
         if self.status & S_DRIVER_OK == 0 || self.needs_reset() {
             return Ok(());
         }
+        let mem = GuestRegions::from_memory(mem)?;
         for p in 0..self.pairs.len() {
-            let (rx, tx) = (2 * p as u16, 2 * p as u16 + 1);
-            let pair = &mut self.pairs[p];
-            if let Some(pump) = pair.rx.as_mut() {
-                let res = pump.release(&mut self.queues[usize::from(rx)], mem);
-                self.after_pump(rx, res, (false, false), (false, false))?;
-            }
-            let pair = &mut self.pairs[p];
-            if let Some(pump) = pair.tx.as_mut() {
-                let res = pump.release(&mut self.queues[usize::from(tx)], mem);
-                self.after_pump(tx, res, (false, false), (false, false))?;
+            for side in [Side::Rx, Side::Tx] {
+                let qi = 2 * p + usize::from(side == Side::Tx);
+                let res = self.pairs[p].release(side, &mut self.queues[qi], &mem);
+                let res = res.map(|notify| RunOutcome {
+                    notify_rx: notify && side == Side::Rx,
+                    notify_tx: notify && side == Side::Tx,
+                    ..RunOutcome::default()
+                });
+                self.after_run(p as u16, res)?;
             }
         }
         self.generation += 1;
@@ -818,17 +780,7 @@ impl<B: Backend, I: Interrupt> NetDevice<B, I> {
     /// The counters.
     pub fn stats(&self) -> DeviceStats {
         DeviceStats {
-            pairs: self
-                .pairs
-                .iter()
-                .map(|p| {
-                    (
-                        p.rx.as_ref().map(|r| r.stats()).unwrap_or_default(),
-                        p.tx.as_ref().map(|t| t.stats()).unwrap_or_default(),
-                        p.backend.stats(),
-                    )
-                })
-                .collect(),
+            pairs: self.pairs.iter().map(|p| p.stats()).collect(),
             ctrl: self.ctrl_stats,
             needs_reset: self.needs_reset,
         }

@@ -108,6 +108,9 @@ pub enum DeviceError {
     /// An eventfd could not be created or used.
     #[error("eventfd: {0}")]
     Io(#[from] io::Error),
+    /// The VMM's guest memory cannot be used directly (a region without a host mapping).
+    #[error("guest memory: {0}")]
+    Memory(#[from] crate::mem::MemError),
 }
 
 /// Something to poll for the device.

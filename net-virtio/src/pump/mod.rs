@@ -1,12 +1,12 @@
 //! The transmit and receive pumps: virtqueue chains in, backend frames out, and back.
 //!
-//! A pump owns no queue and no backend: each call gets the `virtio_queue::Queue`, the guest
-//! memory and the backend queue pair, so a VMM's device ([`crate::device::NetDevice`]) and the
-//! vhost-user daemon (whose rings `vhost-user-backend` keeps) drive the same code.
+//! A pump owns no queue and no backend: each call gets the [`SplitQueue`], the guest memory as a
+//! region table and the backend queue pair. The queue-pair engine ([`crate::engine`]) drives
+//! them, in a VMM's device ([`crate::device::NetDevice`]) and in the vhost-user daemon alike.
 //!
 //! # Transmit
 //! Chains are popped in batches of [`TX_BATCH`]. The header is copied out (it is small and the
-//! device must not read it twice); the frame goes to the backend as `IoSlice`s of guest memory,
+//! device must not read it twice); the frame goes to the backend as `IoBuf`s of guest memory,
 //! without a copy, when the backend takes it as it is. A frame that needs the software
 //! fallback is copied once into the pump's own buffer, completed or segmented there, and sent
 //! from it. When the backend would block, the chains it did not take are given back to the
@@ -23,10 +23,15 @@
 //! written afterwards into the first buffer's first bytes.
 //!
 //! # Hostile guests
-//! Every chain is walked once with bounds ([`crate::guest`]); a bad chain is completed with
+//! Every chain is walked once with bounds ([`crate::chain`]); a bad chain is completed with
 //! length 0 and counted, and the pump goes on. A ring whose available index runs more than a
 //! queue ahead is a [`PumpError::Ring`]: the device must be reset (`NEEDS_RESET`). No call
-//! does more than a fixed budget of work ([`PumpOutcome::more`] says to call again).
+//! does more than the budget it is given ([`PumpOutcome::more`] says to call again).
+//!
+//! # Bursts
+//! The available index is read once per burst, used elements are published with one release
+//! store and the notification is decided once per call ([`crate::queue::Ring`]); no call
+//! allocates per frame: the buffers of a batch live in vectors the pump keeps.
 
 mod rx;
 mod tx;
@@ -34,14 +39,12 @@ mod tx;
 pub use rx::{RxConfig, RxPump};
 pub use tx::TxPump;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemory;
-
-use crate::guest::ChainError;
+use crate::chain::ChainError;
+use crate::queue::{Ring, RingError};
 
 /// Chains per backend `send` call.
 pub const TX_BATCH: usize = 64;
-/// Chains (transmit) or frames (receive) one call handles at most.
+/// Chains (transmit) or frames (receive) one call handles at most by default.
 pub const BUDGET: usize = 256;
 /// The largest header layout (v1 with hash report).
 pub(super) const MAX_HDR: usize = 20;
@@ -51,10 +54,10 @@ pub(super) const SEG_BATCH: usize = 32;
 /// Why a pump stopped working.
 #[derive(Debug, thiserror::Error)]
 pub enum PumpError {
-    /// The ring itself is unusable (an available index more than a queue ahead, a used ring
+    /// The ring itself is unusable (an available index more than a queue ahead, a ring
     /// outside guest memory): the device needs a reset.
     #[error("virtqueue is unusable, the device needs a reset: {0}")]
-    Ring(#[from] virtio_queue::Error),
+    Ring(#[from] RingError),
     /// The backend failed as a whole.
     #[error(transparent)]
     Backend(#[from] net_api::Error),
@@ -92,7 +95,7 @@ pub struct PumpStats {
     pub bad_addresses: u64,
     /// Transmit: headers that contradict their frame, or chains shorter than a header.
     pub bad_headers: u64,
-    /// Transmit: frames above [`MAX_FRAME_LEN`].
+    /// Transmit: frames above [`MAX_FRAME_LEN`](crate::MAX_FRAME_LEN).
     pub too_large: u64,
     /// Receive: buffers below the minimum (completed with length 0).
     pub short_buffers: u64,
@@ -117,89 +120,54 @@ impl PumpStats {
             ChainError::Empty | ChainError::Broken | ChainError::TooLong => self.bad_chains += 1,
         }
     }
-}
 
-/// Copies bytes from guest slices, skipping `skip` first; returns how many were copied.
-pub(super) fn copy_volatile_from<B: vm_memory::bitmap::BitmapSlice>(
-    slices: &[vm_memory::VolatileSlice<'_, B>],
-    mut skip: usize,
-    out: &mut [u8],
-) -> usize {
-    let mut done = 0;
-    for s in slices {
-        if done == out.len() {
-            break;
-        }
-        if skip >= s.len() {
-            skip -= s.len();
-            continue;
-        }
-        if let Ok(rest) = s.offset(skip) {
-            done += rest.copy_to(&mut out[done..]);
-        }
-        skip = 0;
+    /// Chains refused for any reason.
+    pub fn refused(&self) -> u64 {
+        self.bad_chains
+            + self.wrong_direction
+            + self.bad_addresses
+            + self.bad_headers
+            + self.too_large
+            + self.short_buffers
     }
-    done
 }
 
-/// Copies from guest slices into `out`; returns how many bytes were copied.
-pub(super) fn copy_volatile<B: vm_memory::bitmap::BitmapSlice>(
-    slices: &[vm_memory::VolatileSlice<'_, B>],
-    out: &mut [u8],
-) -> usize {
-    copy_volatile_from(slices, 0, out)
-}
-
-/// Where the bytes of `slices[start..]` after the first `n` begin: the slice index and the
-/// offset in it.
-pub(super) fn skip_volatile<B: vm_memory::bitmap::BitmapSlice>(
-    slices: &[vm_memory::VolatileSlice<'_, B>],
-    start: usize,
-    mut n: usize,
-) -> (usize, usize) {
-    let mut i = start;
-    while i < slices.len() && n >= slices[i].len() {
-        n -= slices[i].len();
-        i += 1;
-    }
-    (i, n)
-}
-
-/// Returns a chain with `len` bytes written, unless its head index cannot be in the used ring
-/// (beyond the queue: the chain was empty and nothing can be returned).
-pub(super) fn complete<M: GuestMemory>(
-    queue: &mut Queue,
-    mem: &M,
-    head: u16,
-    len: u32,
-    done: &mut u32,
-) -> Result<(), PumpError> {
-    if head < queue.size() {
-        queue.add_used(mem, head, len)?;
-        *done += 1;
-    }
-    Ok(())
-}
-
-/// Pops the next chain, reporting an available index that ran ahead (instead of hiding it as
-/// `pop_descriptor_chain` does).
-pub(super) fn pop<'m, M: GuestMemory>(
-    queue: &mut Queue,
-    mem: &'m M,
-) -> Result<Option<virtio_queue::DescriptorChain<&'m M>>, PumpError> {
-    Ok(queue.iter(mem)?.next())
-}
-
-/// Finishes a call: whether to interrupt the guest.
-pub(super) fn finish<M: GuestMemory>(
-    queue: &mut Queue,
-    mem: &M,
+/// Finishes a call: publishes the used index and decides whether to interrupt the guest.
+pub(super) fn finish(
+    ring: &mut Ring<'_, '_>,
     mut out: PumpOutcome,
     stats: &mut PumpStats,
-) -> Result<PumpOutcome, PumpError> {
-    if out.completed > 0 && queue.needs_notification(mem)? {
+) -> PumpOutcome {
+    if ring.needs_notification() {
         out.notify = true;
         stats.notifications += 1;
     }
-    Ok(out)
+    out
+}
+
+/// An empty vector of another lifetime, keeping the allocation: the pumps keep their batch
+/// vectors (of guest buffers, which borrow one pass's memory) across calls this way. In-place
+/// collection reuses the buffer because the element layouts are the same.
+pub(super) fn recycle<T, U>(mut v: Vec<T>) -> Vec<U> {
+    v.clear();
+    v.into_iter()
+        .map(|_| -> U { unreachable!("the vector is empty") })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use net_api::IoBuf;
+
+    #[test]
+    fn recycling_keeps_the_allocation() {
+        let bytes = [0u8; 4];
+        let mut v: Vec<IoBuf<'_>> = Vec::with_capacity(100);
+        v.push(IoBuf::from_slice(&bytes));
+        let p = v.as_ptr() as usize;
+        let w: Vec<IoBuf<'static>> = recycle(v);
+        assert!(w.is_empty());
+        assert_eq!((w.as_ptr() as usize, w.capacity()), (p, 100));
+    }
 }

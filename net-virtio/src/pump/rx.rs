@@ -1,19 +1,16 @@
 //! The receive pump: see the module above for how it works.
 
 use std::collections::VecDeque;
-use std::io::IoSliceMut;
 
 use net_api::ether::ETH_HLEN;
-use net_api::{QueuePair, RxFilter, VirtioNetHdr};
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestMemory, Permissions};
+use net_api::{IoBufMut, QueuePair, RxFilter, VirtioNetHdr};
 
-use super::{
-    complete, copy_volatile, finish, pop, PumpError, PumpOutcome, PumpStats, BUDGET, MAX_HDR,
-};
+use super::{finish, recycle, PumpError, PumpOutcome, PumpStats, MAX_HDR};
+use crate::chain::{self, Direction, Seg};
 use crate::codec::HdrLayout;
 use crate::gso::MAX_SEGMENT_HEADERS;
-use crate::guest::{self, Direction, Seg};
+use crate::mem::GuestRegions;
+use crate::queue::{Ring, RingError, SplitQueue};
 use crate::translate::{RxRoute, RxTranslator, SoftFrame, HEAD_LEN, MAX_FRAME_LEN};
 
 /// A guest receive buffer the pump holds: its segments are the next `nsegs` of the pump's
@@ -68,6 +65,8 @@ pub struct RxPump {
     held_cap: u64,
     walk_segs: Vec<Seg>,
     used: Vec<(u16, usize, u32)>,
+    /// The receive buffers of one `recv`, kept between calls (empty; see `recycle`).
+    bufs_store: Vec<IoBufMut<'static>>,
     pending: Option<RxPending>,
     /// The frame of `pending`.
     buf: Vec<u8>,
@@ -106,6 +105,7 @@ impl RxPump {
             held_cap: 0,
             walk_segs: Vec::new(),
             used: Vec::new(),
+            bufs_store: Vec::new(),
             pending: None,
             buf: Vec::new(),
             out: Vec::new(),
@@ -139,22 +139,25 @@ impl RxPump {
     /// Gives every held buffer back to the guest with length 0 and drops a frame waiting in
     /// the pump (counted), so that the queue's state (`next_avail`, `next_used`) describes
     /// every buffer: call before saving the queue for a snapshot or a migration.
-    pub fn release<M: GuestMemory>(
+    pub fn release(
         &mut self,
-        queue: &mut Queue,
-        mem: &M,
+        queue: &mut SplitQueue,
+        mem: &GuestRegions<'_>,
     ) -> Result<PumpOutcome, PumpError> {
+        let mut ring = queue.ring(mem)?;
         let mut out = PumpOutcome::default();
         if self.pending.take().is_some() {
             self.stats.too_large += 1;
         }
         self.out_hdr = None;
         while let Some(h) = self.held.pop_front() {
-            complete(queue, mem, h.head, 0, &mut out.completed)?;
+            if ring.add_used(h.head, 0) {
+                out.completed += 1;
+            }
         }
         self.held_segs.clear();
         self.held_cap = 0;
-        finish(queue, mem, out, &mut self.stats)
+        Ok(finish(&mut ring, out, &mut self.stats))
     }
 
     fn hdr_len(&self) -> usize {
@@ -194,10 +197,9 @@ impl RxPump {
     /// Takes guest buffers until the next delivery fits, the ring is empty or every entry of
     /// the ring is held; bad ones are completed with length 0. Returns whether the ring ran
     /// dry.
-    fn refill<M: GuestMemory>(
+    fn refill(
         &mut self,
-        queue: &mut Queue,
-        mem: &M,
+        ring: &mut Ring<'_, '_>,
         done: &mut u32,
         budget: &mut usize,
     ) -> Result<bool, PumpError> {
@@ -208,24 +210,19 @@ impl RxPump {
             } else {
                 self.held.is_empty()
             };
-            if !short || self.held.len() >= usize::from(queue.size()) || *budget == 0 {
+            if !short || self.held.len() >= usize::from(ring.size()) || *budget == 0 {
                 return Ok(false);
             }
-            let Some(chain) = pop(queue, mem)? else {
+            let Some(head) = ring.pop()? else {
                 return Ok(true);
             };
             *budget -= 1;
-            let head = chain.head_index();
             // A buffer larger than any frame is fine; count only what can be used.
             let max = u64::from(u32::MAX);
-            let walked = guest::walk(
-                chain,
-                Direction::Write,
-                usize::from(queue.size()),
-                max,
-                &mut self.walk_segs,
-            )
-            .and_then(|w| guest::check(mem, &self.walk_segs, Permissions::Write).map(|()| w));
+            let mem = ring.memory();
+            let walked = ring
+                .walk(head, Direction::Write, max, &mut self.walk_segs)
+                .and_then(|w| chain::check(mem, &self.walk_segs).map(|()| w));
             match walked {
                 Ok(w) if w.writable >= self.min_buffer() => {
                     self.held.push_back(Held {
@@ -238,11 +235,15 @@ impl RxPump {
                 }
                 Ok(_) => {
                     self.stats.short_buffers += 1;
-                    complete(queue, mem, head, 0, done)?;
+                    if ring.add_used(head, 0) {
+                        *done += 1;
+                    }
                 }
                 Err(e) => {
                     self.stats.chain_error(e);
-                    complete(queue, mem, head, 0, done)?;
+                    if ring.add_used(head, 0) {
+                        *done += 1;
+                    }
                 }
             }
         }
@@ -262,9 +263,9 @@ impl RxPump {
         nsegs
     }
 
-    fn next_step(&mut self, queue: &Queue, dry: bool) -> Next {
+    fn next_step(&mut self, size: u16, dry: bool) -> Next {
         let have = !self.held.is_empty();
-        let all_held = self.held.len() >= usize::from(queue.size());
+        let all_held = self.held.len() >= usize::from(size);
         if self.pending.is_some() {
             self.prepare_piece();
             if have && self.room() >= self.target() {
@@ -291,26 +292,42 @@ impl RxPump {
     }
 
     /// Moves frames from the backend into guest buffers until the backend is empty, the
-    /// guest's buffers run out or the budget is spent. `filter` is applied to every frame
-    /// unless it is `None` (the backend applies it, or everything passes).
-    pub fn process<M: GuestMemory, Q: QueuePair + ?Sized>(
+    /// guest's buffers run out or `budget` (frames and buffers taken) is spent. `filter` is
+    /// applied to every frame unless it is `None` (the backend applies it, or everything
+    /// passes).
+    pub fn process<Q: QueuePair + ?Sized>(
         &mut self,
-        queue: &mut Queue,
-        mem: &M,
+        queue: &mut SplitQueue,
+        mem: &GuestRegions<'_>,
         backend: &mut Q,
         filter: Option<&RxFilter>,
+        budget: usize,
     ) -> Result<PumpOutcome, PumpError> {
+        let mut ring = queue.ring(mem)?;
         let mut out = PumpOutcome::default();
-        let mut budget = BUDGET;
+        let res = self.run(&mut ring, backend, filter, budget, &mut out);
+        out.blocked = self.waiting;
+        let out = finish(&mut ring, out, &mut self.stats);
+        res.map(|()| out)
+    }
+
+    fn run<Q: QueuePair + ?Sized>(
+        &mut self,
+        ring: &mut Ring<'_, '_>,
+        backend: &mut Q,
+        filter: Option<&RxFilter>,
+        mut budget: usize,
+        out: &mut PumpOutcome,
+    ) -> Result<(), PumpError> {
         loop {
             if budget == 0 {
                 out.more = true;
                 break;
             }
-            let dry = self.refill(queue, mem, &mut out.completed, &mut budget)?;
-            let progressed = match self.next_step(queue, dry) {
+            let dry = self.refill(ring, &mut out.completed, &mut budget)?;
+            let progressed = match self.next_step(ring.size(), dry) {
                 Next::Piece => {
-                    self.deliver_piece(queue, mem, &mut out.completed)?;
+                    self.deliver_piece(ring, &mut out.completed)?;
                     true
                 }
                 Next::DropPiece => {
@@ -323,7 +340,7 @@ impl RxPump {
                 // the backend's fd, and the frame that comes would wait for a guest kick).
                 Next::Direct => {
                     if self
-                        .receive_direct(queue, mem, backend, filter, &mut out.completed)?
+                        .receive_direct(ring, backend, filter, &mut out.completed)?
                         .is_none()
                     {
                         self.waiting = false;
@@ -350,12 +367,11 @@ impl RxPump {
                 self.waiting = true;
                 self.stats.no_buffers += 1;
             }
-            if !queue.enable_notification(mem)? || self.held.len() >= usize::from(queue.size()) {
+            if !ring.enable_notification()? || self.held.len() >= usize::from(ring.size()) {
                 break;
             }
         }
-        out.blocked = self.waiting;
-        finish(queue, mem, out, &mut self.stats)
+        Ok(())
     }
 
     /// Whether a frame passes the filter and the translator: delivers it or makes it pending.
@@ -403,58 +419,70 @@ impl RxPump {
 
     /// One frame from the backend straight into the held buffers; `None` when the backend is
     /// empty.
-    fn receive_direct<M: GuestMemory, Q: QueuePair + ?Sized>(
+    fn receive_direct<Q: QueuePair + ?Sized>(
         &mut self,
-        queue: &mut Queue,
-        mem: &M,
+        ring: &mut Ring<'_, '_>,
         backend: &mut Q,
         filter: Option<&RxFilter>,
         done: &mut u32,
     ) -> Result<Option<()>, PumpError> {
+        let mem = ring.memory();
         let hdr_len = self.hdr_len();
         let nsegs = self.direct_segs();
-        let mut slices = Vec::with_capacity(nsegs + 2);
-        let mut skip = hdr_len;
-        for &seg in self.held_segs.iter().take(nsegs) {
-            let len = seg.len as usize;
-            if skip >= len {
-                skip -= len;
-                continue;
-            }
-            // Checked when the buffer was taken; memory can only have shrunk since (a VMM
-            // must reset the device before it unplugs memory), so fail the ring if so.
-            guest::for_each_slice(mem, seg, skip, Permissions::Write, |s| slices.push(s))
-                .map_err(|_| PumpError::Ring(virtio_queue::Error::InvalidChain))?;
-            skip = 0;
+        let mut bufs: Vec<IoBufMut<'_>> = recycle(std::mem::take(&mut self.bufs_store));
+        // Checked when the buffers were taken; memory can only have shrunk since (a VMM must
+        // reset the device before it unplugs memory), so fail the ring if so.
+        let resolved = chain::bufs_mut(
+            mem,
+            self.held_segs.iter().take(nsegs).copied(),
+            hdr_len,
+            &mut bufs,
+        );
+        if resolved.is_err() {
+            self.bufs_store = recycle(bufs);
+            return Err(PumpError::Ring(RingError::BadRings));
         }
-        let mut guards = Vec::with_capacity(slices.len());
-        let mut iovs: Vec<IoSliceMut<'_>> = slices
-            .iter()
-            .map(|s| guest::io_slice_mut(s, &mut guards))
-            .collect();
-        let received = backend.recv(&mut iovs);
-        drop(iovs);
-        drop(guards);
-        let Some(frame) = received? else {
-            return Ok(None);
+        let received = backend.recv(&bufs);
+        let room = net_api::iovec::total_len_mut(&bufs);
+        let frame = match received {
+            Ok(Some(frame)) => frame,
+            Ok(None) => {
+                self.bufs_store = recycle(bufs);
+                return Ok(None);
+            }
+            Err(e) => {
+                self.bufs_store = recycle(bufs);
+                return Err(e.into());
+            }
         };
-        let len = frame.len.min(slices.iter().map(|s| s.len()).sum());
-        if guest::tracks_dirty::<<M as GuestMemory>::Bitmap>() {
-            guest::mark_dirty(&slices, len);
+        let len = frame.len.min(room);
+        if mem.tracks_dirty() {
+            mark_dirty(
+                mem,
+                self.held_segs.iter().take(nsegs).copied(),
+                hdr_len + len,
+            );
         }
         // What the filter and the translator read, copied: the guest can write its buffers.
         let mut head = [0u8; HEAD_LEN];
-        let head_n = copy_volatile(&slices, &mut head[..len.min(HEAD_LEN)]);
-        match self.accept(filter, &frame.hdr, len, &head[..head_n]) {
-            Some(RxRoute::Deliver(hdr)) => self.complete_frame(queue, mem, hdr, len, done)?,
+        let head_n = if filter.is_some() || !frame.hdr.is_plain() {
+            read_written(&bufs, &mut head[..len.min(HEAD_LEN)])
+        } else {
+            0
+        };
+        let route = self.accept(filter, &frame.hdr, len, &head[..head_n]);
+        let res = match route {
+            Some(RxRoute::Deliver(hdr)) => self.complete_frame(ring, hdr, len, done),
             Some(RxRoute::Software) => {
                 self.buf.resize(len, 0);
-                let n = copy_volatile(&slices, &mut self.buf);
+                let n = read_written(&bufs, &mut self.buf);
                 self.make_pending(RxRoute::Software, &frame.hdr, n);
+                Ok(())
             }
-            None => {}
-        }
-        Ok(Some(()))
+            None => Ok(()),
+        };
+        self.bufs_store = recycle(bufs);
+        res.map(|()| Some(()))
     }
 
     /// One frame from the backend into the pump's buffer, where it waits for guest buffers;
@@ -465,7 +493,7 @@ impl RxPump {
         filter: Option<&RxFilter>,
     ) -> Result<Option<()>, PumpError> {
         self.buf.resize(MAX_RX_FRAME, 0);
-        let Some(frame) = backend.recv(&mut [IoSliceMut::new(&mut self.buf)])? else {
+        let Some(frame) = backend.recv(&[IoBufMut::from_mut_slice(&mut self.buf)])? else {
             return Ok(None);
         };
         let len = frame.len.min(MAX_RX_FRAME);
@@ -517,12 +545,7 @@ impl RxPump {
     }
 
     /// Copies the prepared piece into the held buffers and returns them to the guest.
-    fn deliver_piece<M: GuestMemory>(
-        &mut self,
-        queue: &mut Queue,
-        mem: &M,
-        done: &mut u32,
-    ) -> Result<(), PumpError> {
+    fn deliver_piece(&mut self, ring: &mut Ring<'_, '_>, done: &mut u32) -> Result<(), PumpError> {
         let Some(hdr) = self.out_hdr else {
             return Ok(());
         };
@@ -532,19 +555,18 @@ impl RxPump {
             self.held.front().map_or(0, |h| h.nsegs)
         };
         let segs = self.held_segs.iter().take(nsegs).copied();
-        guest::write_to(mem, segs, self.hdr_len(), &self.out)
-            .map_err(|_| PumpError::Ring(virtio_queue::Error::InvalidChain))?;
+        chain::write_to(ring.memory(), segs, self.hdr_len(), &self.out)
+            .map_err(|_| PumpError::Ring(RingError::BadRings))?;
         let len = self.out.len();
         self.advance_piece();
-        self.complete_frame(queue, mem, hdr, len, done)
+        self.complete_frame(ring, hdr, len, done)
     }
 
     /// The frame of `len` bytes is in the held buffers after the header room: write the
     /// header and return the buffers it used.
-    fn complete_frame<M: GuestMemory>(
+    fn complete_frame(
         &mut self,
-        queue: &mut Queue,
-        mem: &M,
+        ring: &mut Ring<'_, '_>,
         mut hdr: VirtioNetHdr,
         len: usize,
         done: &mut u32,
@@ -569,19 +591,45 @@ impl RxPump {
         let mut hbuf = [0u8; MAX_HDR];
         let n = self.cfg.layout.encode(&hdr, &mut hbuf).unwrap_or(hdr_len);
         let first_segs = self.held_segs.iter().take(first_nsegs).copied();
-        guest::write_to(mem, first_segs, 0, &hbuf[..n])
-            .map_err(|_| PumpError::Ring(virtio_queue::Error::InvalidChain))?;
+        chain::write_to(ring.memory(), first_segs, 0, &hbuf[..n])
+            .map_err(|_| PumpError::Ring(RingError::BadRings))?;
         for &(head, nsegs, bytes) in &used {
             if let Some(h) = self.held.pop_front() {
                 self.held_cap -= h.cap;
             }
             self.held_segs.drain(..nsegs);
-            queue.add_used(mem, head, bytes)?;
-            *done += 1;
+            if ring.add_used(head, bytes) {
+                *done += 1;
+            }
         }
         self.used = used;
         self.stats.frames += 1;
         self.stats.bytes += len as u64;
         Ok(())
     }
+}
+
+/// Marks the first `len` bytes of the segments dirty (the backend wrote them through an
+/// `IoBufMut`, behind the memory's bitmap).
+fn mark_dirty(mem: &GuestRegions<'_>, segs: impl IntoIterator<Item = Seg>, mut len: usize) {
+    for s in segs {
+        if len == 0 {
+            break;
+        }
+        let n = (s.len as usize).min(len);
+        mem.mark_dirty(s.addr, n);
+        len -= n;
+    }
+}
+
+/// Copies the start of what a backend wrote into `bufs` into `out`; returns how many bytes.
+fn read_written(bufs: &[IoBufMut<'_>], out: &mut [u8]) -> usize {
+    let mut done = 0;
+    for b in bufs {
+        if done == out.len() {
+            break;
+        }
+        done += b.as_buf().read(0, &mut out[done..]);
+    }
+    done
 }

@@ -1,19 +1,14 @@
 //! The transmit pump: see the module above for how it works.
 
-use std::io::IoSlice;
-
 use net_api::ether::ETH_HLEN;
-use net_api::{QueuePair, TxFrame, VirtioNetHdr};
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestMemory, Permissions};
+use net_api::{IoBuf, QueuePair, TxFrame, VirtioNetHdr};
 
-use super::{
-    complete, copy_volatile_from, finish, pop, skip_volatile, PumpError, PumpOutcome, PumpStats,
-    BUDGET, MAX_HDR, SEG_BATCH, TX_BATCH,
-};
+use super::{finish, recycle, PumpError, PumpOutcome, PumpStats, MAX_HDR, SEG_BATCH, TX_BATCH};
+use crate::chain::{self, ChainError, Direction, Seg};
 use crate::codec::HdrLayout;
 use crate::gso::MAX_SEGMENT_HEADERS;
-use crate::guest::{self, ChainError, Direction, Seg};
+use crate::mem::GuestRegions;
+use crate::queue::{Ring, SplitQueue};
 use crate::translate::{SoftFrame, TxRoute, TxTranslator, HEAD_LEN, MAX_FRAME_LEN};
 
 /// A frame the software path is sending, kept across would-block and budget ends.
@@ -25,6 +20,15 @@ struct TxPending {
     next: usize,
 }
 
+/// One frame of a batch: its chain, the header to send it with, its buffers (`bufs[a..b]`).
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    head: u16,
+    hdr: VirtioNetHdr,
+    a: usize,
+    b: usize,
+}
+
 /// The transmit pump of one queue.
 #[derive(Debug)]
 pub struct TxPump {
@@ -33,6 +37,10 @@ pub struct TxPump {
     buf: Vec<u8>,
     headers: Vec<[u8; MAX_SEGMENT_HEADERS]>,
     segs: Vec<Seg>,
+    metas: Vec<Meta>,
+    /// Allocations kept between calls (empty; see `recycle`).
+    bufs_store: Vec<IoBuf<'static>>,
+    frames_store: Vec<TxFrame<'static>>,
     pending: Option<TxPending>,
     blocked: bool,
     stats: PumpStats,
@@ -52,11 +60,12 @@ enum Special {
     Copy {
         head: u16,
         hdr: VirtioNetHdr,
-        /// The frame's guest slices (header excluded), in `vslices`.
-        slices: (usize, usize),
+        /// The frame's buffers (header excluded), `bufs[a..b]`.
+        a: usize,
+        b: usize,
         len: usize,
         /// The header to send it with when the backend takes it as it is (the copy is only
-        /// for too many slices); `None` for the software path.
+        /// for too many buffers); `None` for the software path.
         direct: Option<VirtioNetHdr>,
     },
 }
@@ -68,9 +77,6 @@ enum BatchEnd {
     Again,
 }
 
-/// The frames of one batch: `(head, header, iovec range)`.
-type Metas = Vec<(u16, VirtioNetHdr, usize, usize)>;
-
 impl TxPump {
     /// A pump for the header layout the guest negotiated and a backend's translator.
     pub fn new(layout: HdrLayout, translator: TxTranslator) -> TxPump {
@@ -79,7 +85,10 @@ impl TxPump {
             translator,
             buf: vec![0; MAX_FRAME_LEN],
             headers: vec![[0; MAX_SEGMENT_HEADERS]; SEG_BATCH],
-            segs: Vec::new(),
+            segs: Vec::with_capacity(16),
+            metas: Vec::with_capacity(TX_BATCH),
+            bufs_store: Vec::with_capacity(TX_BATCH * 2),
+            frames_store: Vec::with_capacity(TX_BATCH),
             pending: None,
             blocked: false,
             stats: PumpStats::default(),
@@ -98,50 +107,53 @@ impl TxPump {
 
     /// Completes a half-sent frame's chain without sending the rest (counted as a drop), so
     /// that the queue's state describes every buffer: call before saving the queue.
-    pub fn release<M: GuestMemory>(
+    pub fn release(
         &mut self,
-        queue: &mut Queue,
-        mem: &M,
+        queue: &mut SplitQueue,
+        mem: &GuestRegions<'_>,
     ) -> Result<PumpOutcome, PumpError> {
+        let mut ring = queue.ring(mem)?;
         let mut out = PumpOutcome::default();
         if let Some(p) = self.pending.take() {
             self.stats.backend_full += 1;
-            complete(queue, mem, p.head, 0, &mut out.completed)?;
+            if ring.add_used(p.head, 0) {
+                out.completed += 1;
+            }
         }
         self.blocked = false;
-        finish(queue, mem, out, &mut self.stats)
+        Ok(finish(&mut ring, out, &mut self.stats))
     }
 
-    /// Sends what the guest queued, until the ring is empty, the backend is full or the
-    /// budget (chains and software segments) is spent.
-    pub fn process<M: GuestMemory, Q: QueuePair + ?Sized>(
+    /// Sends what the guest queued, until the ring is empty, the backend is full or `budget`
+    /// (chains and software segments) is spent.
+    pub fn process<Q: QueuePair + ?Sized>(
         &mut self,
-        queue: &mut Queue,
-        mem: &M,
+        queue: &mut SplitQueue,
+        mem: &GuestRegions<'_>,
         backend: &mut Q,
+        budget: usize,
     ) -> Result<PumpOutcome, PumpError> {
+        let mut ring = queue.ring(mem)?;
         let mut out = PumpOutcome::default();
-        let mut budget = BUDGET;
+        let mut budget = budget;
         self.blocked = false;
-        let res = self.run(queue, mem, backend, &mut out, &mut budget);
+        let res = self.run(&mut ring, backend, &mut out, &mut budget);
         out.blocked = self.blocked;
         // Interrupt for what was completed, even when the backend then failed.
-        let notified = finish(queue, mem, out, &mut self.stats);
-        res?;
-        notified
+        let out = finish(&mut ring, out, &mut self.stats);
+        res.map(|()| out)
     }
 
-    fn run<M: GuestMemory, Q: QueuePair + ?Sized>(
+    fn run<Q: QueuePair + ?Sized>(
         &mut self,
-        queue: &mut Queue,
-        mem: &M,
+        ring: &mut Ring<'_, '_>,
         backend: &mut Q,
         out: &mut PumpOutcome,
         budget: &mut usize,
     ) -> Result<(), PumpError> {
         loop {
             if self.pending.is_some() {
-                self.send_pending(queue, mem, backend, &mut out.completed, budget)?;
+                self.send_pending(ring, backend, &mut out.completed, budget)?;
                 if self.pending.is_some() {
                     if *budget == 0 {
                         out.more = true;
@@ -152,8 +164,8 @@ impl TxPump {
                     return Ok(());
                 }
             }
-            queue.disable_notification(mem)?;
-            match self.batch(queue, mem, backend, &mut out.completed, budget)? {
+            ring.disable_notification();
+            match self.batch(ring, backend, &mut out.completed, budget)? {
                 BatchEnd::Again => continue,
                 BatchEnd::Blocked => {
                     self.blocked = true;
@@ -165,7 +177,7 @@ impl TxPump {
                     return Ok(());
                 }
                 BatchEnd::Empty => {
-                    if !queue.enable_notification(mem)? {
+                    if !ring.enable_notification()? {
                         return Ok(());
                     }
                 }
@@ -182,35 +194,27 @@ impl TxPump {
 
     /// Pops up to a batch of chains and sends the direct ones; stops early at a chain that
     /// needs special handling, which is handled after the batch went out.
-    fn batch<M: GuestMemory, Q: QueuePair + ?Sized>(
+    fn batch<Q: QueuePair + ?Sized>(
         &mut self,
-        queue: &mut Queue,
-        mem: &M,
+        ring: &mut Ring<'_, '_>,
         backend: &mut Q,
         done: &mut u32,
         budget: &mut usize,
     ) -> Result<BatchEnd, PumpError> {
+        let mem = ring.memory();
         let hdr_len = self.layout.size();
-        let mut vslices = Vec::with_capacity(TX_BATCH * 2);
-        let mut metas: Metas = Vec::with_capacity(TX_BATCH);
+        let max = (hdr_len + MAX_FRAME_LEN) as u64;
+        let mut bufs: Vec<IoBuf<'_>> = recycle(std::mem::take(&mut self.bufs_store));
+        self.metas.clear();
         let mut special = None;
         let mut ran_dry = false;
-        while metas.len() < TX_BATCH && special.is_none() && *budget > 0 {
-            let Some(chain) = pop(queue, mem)? else {
+        while self.metas.len() < TX_BATCH && special.is_none() && *budget > 0 {
+            let Some(head) = ring.pop()? else {
                 ran_dry = true;
                 break;
             };
             *budget -= 1;
-            let head = chain.head_index();
-            let max = (hdr_len + MAX_FRAME_LEN) as u64;
-            let walked = guest::walk(
-                chain,
-                Direction::Read,
-                usize::from(queue.size()),
-                max,
-                &mut self.segs,
-            );
-            let walked = match walked {
+            let walked = match ring.walk(head, Direction::Read, max, &mut self.segs) {
                 Ok(w) => w,
                 Err(e) => {
                     special = Some(Special::Drop(head, Bad::Chain(e)));
@@ -223,47 +227,40 @@ impl TxPump {
                 break;
             }
             let len = total - hdr_len;
-            // Each descriptor resolved once.
-            let start = vslices.len();
-            let mut bad = false;
-            for &seg in &self.segs {
-                if guest::for_each_slice(mem, seg, 0, Permissions::Read, |s| vslices.push(s))
-                    .is_err()
-                {
-                    bad = true;
-                    break;
-                }
-            }
-            if bad {
-                vslices.truncate(start);
+            // Each descriptor resolved once; the frame's buffers start after the header.
+            let start = bufs.len();
+            if chain::bufs(mem, &self.segs, 0, &mut bufs).is_err() {
+                bufs.truncate(start);
                 special = Some(Special::Drop(head, Bad::Chain(ChainError::BadAddress)));
                 break;
             }
-            // The header and the head of the frame: copies of our own, read once.
+            // The header: a copy of our own, read once.
             let mut hbuf = [0u8; MAX_HDR];
-            let mut head_bytes = [0u8; HEAD_LEN];
-            let hn = copy_volatile_from(&vslices[start..], 0, &mut hbuf[..hdr_len]);
-            let head_n = copy_volatile_from(&vslices[start..], hdr_len, &mut head_bytes);
+            let hn = net_api::iovec::read_bufs(&bufs[start..], 0, &mut hbuf[..hdr_len]);
             let Ok(hdr) = self.layout.decode(&hbuf[..hn]) else {
-                vslices.truncate(start);
+                bufs.truncate(start);
                 special = Some(Special::Drop(head, Bad::Header));
                 break;
             };
-            // The frame's slices start after the header.
-            let (first, off) = skip_volatile(&vslices, start, hdr_len);
-            if let Some(rest) = vslices.get(first).and_then(|s| s.offset(off).ok()) {
-                vslices[first] = rest;
-            }
-            let range = (first, vslices.len());
+            let a = skip_header(&mut bufs, start, hdr_len);
+            let b = bufs.len();
+            // The head of the frame matters only to a header that asks for offloads.
+            let mut head_bytes = [0u8; HEAD_LEN];
+            let head_n = if hdr.is_plain() {
+                0
+            } else {
+                net_api::iovec::read_bufs(&bufs[a..], 0, &mut head_bytes)
+            };
             match self.translator.route(&hdr, len, &head_bytes[..head_n]) {
-                Ok(TxRoute::Direct(h)) if range.1 - range.0 <= net_api::MAX_IOVECS => {
-                    metas.push((head, h, range.0, range.1))
+                Ok(TxRoute::Direct(h)) if b - a <= net_api::MAX_IOVECS => {
+                    self.metas.push(Meta { head, hdr: h, a, b })
                 }
                 Ok(TxRoute::Direct(h)) => {
                     special = Some(Special::Copy {
                         head,
                         hdr,
-                        slices: range,
+                        a,
+                        b,
                         len,
                         direct: Some(h),
                     })
@@ -272,94 +269,142 @@ impl TxPump {
                     special = Some(Special::Copy {
                         head,
                         hdr,
-                        slices: range,
+                        a,
+                        b,
                         len,
                         direct: None,
                     })
                 }
                 Err(_) => {
-                    vslices.truncate(start);
+                    bufs.truncate(start);
                     special = Some(Special::Drop(head, Bad::Header));
                 }
             }
         }
 
-        if !metas.is_empty() {
-            let sent = match send_direct(backend, &vslices, &metas) {
-                Ok((sent, bytes)) => {
-                    self.stats.frames += sent as u64;
-                    self.stats.bytes += bytes;
-                    sent
+        let end = self.finish_batch(ring, backend, &bufs, special.is_some(), done);
+        let end = match end {
+            Ok(None) => Ok(match special {
+                None if ran_dry => BatchEnd::Empty,
+                None if *budget == 0 => BatchEnd::Budget,
+                None => BatchEnd::Again,
+                Some(Special::Drop(head, bad)) => {
+                    self.count_bad(bad);
+                    if ring.add_used(head, 0) {
+                        *done += 1;
+                    }
+                    BatchEnd::Again
                 }
-                Err(e) => {
-                    // Nothing of this batch is lost: every chain goes back to the ring.
-                    let back = metas.len() + usize::from(special.is_some());
-                    queue.set_next_avail(queue.next_avail().wrapping_sub(back as u16));
-                    return Err(e.into());
+                Some(Special::Copy {
+                    head,
+                    hdr,
+                    a,
+                    b,
+                    len,
+                    direct,
+                }) => {
+                    self.copy_frame(ring, &bufs[a..b], head, &hdr, len, direct, done);
+                    BatchEnd::Again
                 }
-            };
-            for &(head, _, _, _) in &metas[..sent] {
-                complete(queue, mem, head, 0, done)?;
+            }),
+            Ok(Some(end)) => Ok(end),
+            Err(e) => Err(e),
+        };
+        self.bufs_store = recycle(bufs);
+        end
+    }
+
+    /// Hands the batch's direct frames to the backend and completes what it took; gives the
+    /// rest (and the special chain after them) back to the ring when it is full. `Some` ends
+    /// the batch there.
+    fn finish_batch<Q: QueuePair + ?Sized>(
+        &mut self,
+        ring: &mut Ring<'_, '_>,
+        backend: &mut Q,
+        bufs: &[IoBuf<'_>],
+        special: bool,
+        done: &mut u32,
+    ) -> Result<Option<BatchEnd>, PumpError> {
+        if self.metas.is_empty() {
+            return Ok(None);
+        }
+        let mut frames: Vec<TxFrame<'_>> = recycle(std::mem::take(&mut self.frames_store));
+        frames.extend(self.metas.iter().map(|m| TxFrame {
+            hdr: m.hdr,
+            data: &bufs[m.a..m.b],
+        }));
+        let res = backend.send(&frames);
+        let sent = match res {
+            Ok(sent) => sent.min(frames.len()),
+            Err(e) => {
+                self.frames_store = recycle(frames);
+                // Nothing of this batch is lost: every chain goes back to the ring.
+                ring.rewind((self.metas.len() + usize::from(special)) as u16);
+                return Err(e.into());
             }
-            if sent < metas.len() {
-                // Give the chains the backend did not take back to the ring, in order.
-                let back = metas.len() - sent + usize::from(special.is_some());
-                queue.set_next_avail(queue.next_avail().wrapping_sub(back as u16));
-                return Ok(BatchEnd::Blocked);
+        };
+        let bytes: u64 = frames[..sent].iter().map(|f| f.len() as u64).sum();
+        self.frames_store = recycle(frames);
+        self.stats.frames += sent as u64;
+        self.stats.bytes += bytes;
+        for m in &self.metas[..sent] {
+            if ring.add_used(m.head, 0) {
+                *done += 1;
             }
         }
-        match special {
-            None if ran_dry => Ok(BatchEnd::Empty),
-            None if *budget == 0 => Ok(BatchEnd::Budget),
-            None => Ok(BatchEnd::Again),
-            Some(Special::Drop(head, bad)) => {
-                self.count_bad(bad);
-                complete(queue, mem, head, 0, done)?;
-                Ok(BatchEnd::Again)
-            }
-            Some(Special::Copy {
-                head,
-                hdr,
-                slices: (a, b),
-                len,
-                direct,
-            }) => {
-                // The one copy of the software path, into our own buffer: everything the
-                // translator parses is ours from here on.
-                let n = copy_volatile_from(&vslices[a..b], 0, &mut self.buf[..len]);
-                let soft = match direct {
-                    Some(h) => Ok(SoftFrame::Whole(h)),
-                    None => self.translator.software(&hdr, &mut self.buf[..n]),
-                };
-                match soft {
-                    Ok(soft) => {
-                        if direct.is_none() {
-                            self.stats.software += 1;
-                        }
-                        // Sent, and completed, by the caller's loop.
-                        self.pending = Some(TxPending {
-                            head,
-                            soft,
-                            len: n,
-                            next: 0,
-                        });
-                    }
-                    Err(_) => {
-                        self.stats.bad_headers += 1;
-                        complete(queue, mem, head, 0, done)?;
-                    }
+        if sent < self.metas.len() {
+            // Give the chains the backend did not take back to the ring, in order.
+            ring.rewind((self.metas.len() - sent + usize::from(special)) as u16);
+            return Ok(Some(BatchEnd::Blocked));
+        }
+        Ok(None)
+    }
+
+    /// The one copy of the software path (or of a frame with too many buffers), into our own
+    /// buffer: everything the translator parses is ours from here on. The frame is then sent
+    /// (and completed) by the caller's loop.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_frame(
+        &mut self,
+        ring: &mut Ring<'_, '_>,
+        bufs: &[IoBuf<'_>],
+        head: u16,
+        hdr: &VirtioNetHdr,
+        len: usize,
+        direct: Option<VirtioNetHdr>,
+        done: &mut u32,
+    ) {
+        let n = net_api::iovec::read_bufs(bufs, 0, &mut self.buf[..len]);
+        let soft = match direct {
+            Some(h) => Ok(SoftFrame::Whole(h)),
+            None => self.translator.software(hdr, &mut self.buf[..n]),
+        };
+        match soft {
+            Ok(soft) => {
+                if direct.is_none() {
+                    self.stats.software += 1;
                 }
-                Ok(BatchEnd::Again)
+                self.pending = Some(TxPending {
+                    head,
+                    soft,
+                    len: n,
+                    next: 0,
+                });
+            }
+            Err(_) => {
+                self.stats.bad_headers += 1;
+                if ring.add_used(head, 0) {
+                    *done += 1;
+                }
             }
         }
     }
 
     /// Sends what is left of the pending frame, a segment per unit of budget; keeps it when
     /// the backend is full or the budget ends, completes its chain when it is all out.
-    fn send_pending<M: GuestMemory, Q: QueuePair + ?Sized>(
+    fn send_pending<Q: QueuePair + ?Sized>(
         &mut self,
-        queue: &mut Queue,
-        mem: &M,
+        ring: &mut Ring<'_, '_>,
         backend: &mut Q,
         done: &mut u32,
         budget: &mut usize,
@@ -370,7 +415,7 @@ impl TxPump {
         let frame = &self.buf[..p.len];
         let finished = match &p.soft {
             SoftFrame::Whole(hdr) => {
-                let data = [IoSlice::new(frame)];
+                let data = [IoBuf::from_slice(frame)];
                 let res = backend.send(&[TxFrame {
                     hdr: *hdr,
                     data: &data,
@@ -405,11 +450,14 @@ impl TxPump {
                         let s = seg.segment(p.next + i, frame, slot);
                         *h = (s.hdr, s.header_len, s.payload.start, s.payload.end);
                     }
-                    let data: Vec<[IoSlice<'_>; 2]> = plan[..n]
+                    let data: Vec<[IoBuf<'_>; 2]> = plan[..n]
                         .iter()
                         .zip(self.headers.iter())
                         .map(|(&(_, hl, a, b), hdrs)| {
-                            [IoSlice::new(&hdrs[..hl]), IoSlice::new(&frame[a..b])]
+                            [
+                                IoBuf::from_slice(&hdrs[..hl]),
+                                IoBuf::from_slice(&frame[a..b]),
+                            ]
                         })
                         .collect();
                     let frames: Vec<TxFrame<'_>> = plan[..n]
@@ -438,7 +486,9 @@ impl TxPump {
             }
         };
         if finished {
-            complete(queue, mem, p.head, 0, done)?;
+            if ring.add_used(p.head, 0) {
+                *done += 1;
+            }
         } else {
             self.pending = Some(p);
         }
@@ -446,27 +496,16 @@ impl TxPump {
     }
 }
 
-/// Hands a batch of direct frames to the backend as iovecs over guest memory; returns how many
-/// it took and their bytes. The iovecs and their mapping guards end here, before the caller
-/// touches the used ring.
-fn send_direct<B: vm_memory::bitmap::BitmapSlice, Q: QueuePair + ?Sized>(
-    backend: &mut Q,
-    vslices: &[vm_memory::VolatileSlice<'_, B>],
-    metas: &Metas,
-) -> Result<(usize, u64), net_api::Error> {
-    let mut guards = Vec::with_capacity(vslices.len());
-    let iovs: Vec<IoSlice<'_>> = vslices
-        .iter()
-        .map(|s| guest::io_slice(s, &mut guards))
-        .collect();
-    let frames: Vec<TxFrame<'_>> = metas
-        .iter()
-        .map(|&(_, hdr, a, b)| TxFrame {
-            hdr,
-            data: &iovs[a..b],
-        })
-        .collect();
-    let sent = backend.send(&frames)?.min(frames.len());
-    let bytes = frames[..sent].iter().map(|f| f.len() as u64).sum();
-    Ok((sent, bytes))
+/// Drops the first `n` bytes of `bufs[start..]` (the header), in place; returns where the
+/// frame's buffers start.
+fn skip_header(bufs: &mut [IoBuf<'_>], start: usize, mut n: usize) -> usize {
+    let mut i = start;
+    while i < bufs.len() && n >= bufs[i].len() {
+        n -= bufs[i].len();
+        i += 1;
+    }
+    if let Some(b) = bufs.get_mut(i) {
+        *b = b.offset(n);
+    }
+    i
 }

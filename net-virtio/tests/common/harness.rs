@@ -2,7 +2,9 @@
 //! as the peer.
 #![allow(dead_code)]
 
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io;
+
+use net_api::{IoBuf, IoBufMut};
 use std::sync::{Arc, Mutex};
 
 use net_api::loopback::{pair, Loopback, LoopbackConfig, LoopbackQueue};
@@ -106,7 +108,7 @@ impl Rig {
         let mut out = Vec::new();
         let mut buf = vec![0u8; 70_000];
         while let Some(RxFrame { hdr, len }) = self.peer[usize::from(p)]
-            .recv(&mut [IoSliceMut::new(&mut buf)])
+            .recv(&[IoBufMut::from_mut_slice(&mut buf)])
             .expect("peer recv")
         {
             out.push((hdr, buf[..len].to_vec()));
@@ -116,7 +118,7 @@ impl Rig {
 
     /// The peer sends a frame toward the guest on pair `p`.
     pub fn peer_send(&mut self, p: u16, hdr: VirtioNetHdr, frame: &[u8]) -> usize {
-        let data = [IoSlice::new(frame)];
+        let data = [IoBuf::from_slice(frame)];
         self.peer[usize::from(p)]
             .send(&[TxFrame { hdr, data: &data }])
             .expect("peer send")
@@ -242,7 +244,7 @@ impl QueuePair for MisbehavingQueue {
         }
         self.0.send(frames)
     }
-    fn recv(&mut self, bufs: &mut [IoSliceMut<'_>]) -> net_api::Result<Option<RxFrame>> {
+    fn recv(&mut self, bufs: &[IoBufMut<'_>]) -> net_api::Result<Option<RxFrame>> {
         self.0.recv(bufs)
     }
     fn set_rx_offloads(&mut self, o: net_api::OffloadSet) -> net_api::Result<()> {
