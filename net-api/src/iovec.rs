@@ -83,6 +83,40 @@ impl std::fmt::Debug for IoBufMut<'_> {
     }
 }
 
+/// Copies `n` bytes between buffers that cannot overlap (one of them is ours): up to 8 bytes
+/// as [`copy_bytes`] does, up to 64 inline in 8-byte words (a frame header, a small frame:
+/// a call to `memcpy` costs more than the copy), more with `memcpy`.
+///
+/// # Safety
+/// `src` must be valid for reads and `dst` for writes of `n` bytes, and the two ranges must
+/// not overlap.
+#[inline]
+unsafe fn copy_disjoint(dst: *mut u8, src: *const u8, n: usize) {
+    if n <= 8 {
+        // SAFETY: the caller's promise.
+        unsafe { copy_bytes(dst, src, n) };
+    } else if n <= 64 {
+        let mut i = 0;
+        // SAFETY: every access is within the `n` bytes the caller vouched for; unaligned
+        // word accesses are allowed by `read_unaligned`/`write_unaligned`.
+        unsafe {
+            while i + 8 <= n {
+                let w = std::ptr::read_unaligned(src.add(i).cast::<u64>());
+                std::ptr::write_unaligned(dst.add(i).cast::<u64>(), w);
+                i += 8;
+            }
+            if i < n {
+                // The last word, overlapping what was copied: the same bytes again.
+                let w = std::ptr::read_unaligned(src.add(n - 8).cast::<u64>());
+                std::ptr::write_unaligned(dst.add(n - 8).cast::<u64>(), w);
+            }
+        }
+    } else {
+        // SAFETY: the caller's promise.
+        unsafe { std::ptr::copy_nonoverlapping(src, dst, n) };
+    }
+}
+
 /// Copies `n` bytes from `src` to `dst` as vm-memory's `VolatileSlice` does: up to 8 bytes as
 /// one volatile access of the widest alignment both share (so a guest sees a whole field
 /// change or none of it), more with `ptr::copy` (a memmove: guest buffers may overlap).
@@ -183,8 +217,8 @@ impl<'a> IoBuf<'a> {
         let n = src.len.min(out.len());
         if n > 0 {
             // SAFETY: `src` covers `n` readable bytes (the constructor's promise), `out` is
-            // ours for `n` bytes.
-            unsafe { copy_bytes(out.as_mut_ptr(), src.base, n) };
+            // ours for `n` bytes (a `&mut`: no guest buffer overlaps it).
+            unsafe { copy_disjoint(out.as_mut_ptr(), src.base, n) };
         }
         n
     }
@@ -268,8 +302,8 @@ impl<'a> IoBufMut<'a> {
         let n = dst.len.min(data.len());
         if n > 0 {
             // SAFETY: `dst` covers `n` writable bytes (the constructor's promise) that no
-            // reference covers; `data` is ours.
-            unsafe { copy_bytes(dst.base, data.as_ptr(), n) };
+            // reference covers, so `data` (a reference) cannot overlap them.
+            unsafe { copy_disjoint(dst.base, data.as_ptr(), n) };
         }
         n
     }
@@ -387,11 +421,11 @@ mod tests {
 
     #[test]
     fn copies_of_every_length_and_alignment_are_exact() {
-        let src: Vec<u8> = (0..64u8).collect();
+        let src: Vec<u8> = (0..100u8).collect();
         for start in 0..9 {
-            for len in 0..20 {
+            for len in 0..80 {
                 for dst_start in 0..9 {
-                    let mut dst = vec![0xeeu8; 40];
+                    let mut dst = vec![0xeeu8; 100];
                     let b = IoBufMut::from_mut_slice(&mut dst[dst_start..]);
                     let n = b.write(0, &src[start..start + len]);
                     assert_eq!(n, len);

@@ -14,6 +14,9 @@ pub const PROTOCOL_FEATURES: u64 = 1 << 30;
 /// The most queue pairs a daemon serves.
 pub const MAX_PAIRS: u16 = 32;
 
+/// The default busy-poll window, in microseconds.
+pub const DEFAULT_BUSY_POLL_US: u64 = 100;
+
 /// How the backend is served.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -25,6 +28,10 @@ pub struct ServeConfig {
     pub mergeable_rx: bool,
     /// How long a frontend may take from connecting to its first started ring.
     pub handshake_timeout: std::time::Duration,
+    /// How long a worker keeps polling its rings after frames last moved, instead of
+    /// sleeping until the frontend kicks (which costs both sides a system call and a wake-up
+    /// per burst); zero never polls. An idle session sleeps after this long.
+    pub busy_poll: std::time::Duration,
 }
 
 impl Default for ServeConfig {
@@ -34,6 +41,7 @@ impl Default for ServeConfig {
             queue_size: 256,
             mergeable_rx: true,
             handshake_timeout: std::time::Duration::from_secs(10),
+            busy_poll: std::time::Duration::from_micros(DEFAULT_BUSY_POLL_US),
         }
     }
 }

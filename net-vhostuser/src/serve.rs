@@ -75,6 +75,10 @@ pub struct ServeArgs {
     /// How long a frontend may take from connecting to starting its first ring, in seconds.
     #[arg(long, default_value_t = 10)]
     pub handshake_timeout: u64,
+    /// How long a worker keeps polling its rings after frames last moved, in microseconds,
+    /// before it sleeps until the frontend kicks (0: never poll).
+    #[arg(long, default_value_t = crate::device::DEFAULT_BUSY_POLL_US)]
+    pub busy_poll_us: u64,
 }
 
 /// What the loopback's far end does with the guest's frames.
@@ -111,6 +115,7 @@ pub fn run(args: &ServeArgs) -> ExitCode {
         queue_size: args.queue_size,
         mergeable_rx: !args.no_mrg_rxbuf,
         handshake_timeout: std::time::Duration::from_secs(args.handshake_timeout),
+        busy_poll: std::time::Duration::from_micros(args.busy_poll_us),
     };
     let res = match args.backend {
         Kind::Tap => {

@@ -261,6 +261,7 @@ where
                     rx,
                     report_tx.clone(),
                     session_wake.clone(),
+                    device.cfg.busy_poll,
                 );
                 match worker {
                     Ok(w) => {

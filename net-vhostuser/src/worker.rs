@@ -21,6 +21,7 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::mpsc::{Receiver, Sender, SyncSender};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 use net_api::{Interest, QueuePair};
@@ -123,6 +124,10 @@ pub(crate) struct Worker<Q> {
     watch: BackendWatch,
     /// A fault was reported: the worker only waits for `Exit` now.
     failed: bool,
+    /// How long to keep polling the rings after the last frame moved (0: never poll).
+    busy_poll: Duration,
+    polling: bool,
+    last_work: Instant,
 }
 
 impl<Q: QueuePair> Worker<Q> {
@@ -135,6 +140,7 @@ impl<Q: QueuePair> Worker<Q> {
         ctl: Receiver<Ctl>,
         report: Sender<Report>,
         session_wake: Arc<EventFd>,
+        busy_poll: Duration,
     ) -> std::io::Result<Worker<Q>> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         // SAFETY: the eventfd lives in `wake`, which the worker keeps as long as the epoll.
@@ -154,6 +160,9 @@ impl<Q: QueuePair> Worker<Q> {
             session_wake,
             watch: BackendWatch::default(),
             failed: false,
+            busy_poll,
+            polling: false,
+            last_work: Instant::now(),
         })
     }
 
@@ -169,6 +178,11 @@ impl<Q: QueuePair> Worker<Q> {
             }
         }
         self.unwatch_backend();
+        let (rx, tx, be) = self.engine.stats();
+        debug!(
+            "{}: queue pair {} done: receive {rx:?}, transmit {tx:?}, backend {be:?}",
+            self.name, self.pair
+        );
         self.engine
     }
 
@@ -201,7 +215,7 @@ impl<Q: QueuePair> Worker<Q> {
             return next;
         }
         loop {
-            let timeout = if pending.any() && !self.failed {
+            let timeout = if (pending.any() || self.polling) && !self.failed {
                 EpollTimeout::ZERO
             } else {
                 EpollTimeout::NONE
@@ -249,14 +263,24 @@ impl<Q: QueuePair> Worker<Q> {
                 pending = Work::default();
                 continue;
             }
+            if self.polling {
+                let p = self.engine.poll_work();
+                pending.rx |= p.rx;
+                pending.tx |= p.tx;
+            }
             let work = Work {
                 rx: pending.rx && self.rings[0].runnable(),
                 tx: pending.tx && self.rings[1].runnable(),
             };
             pending = Work::default();
             if let (true, Some(mem)) = (work.any(), regions) {
-                pending = self.work(mem, work);
+                let (more, moved) = self.work(mem, work);
+                pending = more;
+                if moved {
+                    self.last_work = Instant::now();
+                }
             }
+            self.poll_or_sleep(&mut pending);
             self.update_backend_watch();
         }
     }
@@ -349,6 +373,25 @@ impl<Q: QueuePair> Worker<Q> {
         None
     }
 
+    /// Busy polling: keeps looking at the rings (without asking the driver to kick) while
+    /// frames moved within the last `busy_poll`; then re-arms the driver's notifications (one
+    /// more pass) and lets the loop sleep.
+    fn poll_or_sleep(&mut self, pending: &mut Work) {
+        let live = self.rings.iter().any(|r| r.runnable());
+        let poll = !self.busy_poll.is_zero()
+            && live
+            && !self.failed
+            && self.last_work.elapsed() < self.busy_poll;
+        if poll != self.polling {
+            self.polling = poll;
+            self.engine.set_polling(poll);
+            if !poll {
+                // Re-arm: the pumps enable notifications as they find the rings dry.
+                *pending = Work::BOTH;
+            }
+        }
+    }
+
     /// Stops a ring: buffers held go back, the pump goes, the kick fd is forgotten. Returns
     /// where the device stopped (its next available index), if the ring was started.
     fn stop_ring(
@@ -407,8 +450,8 @@ impl<Q: QueuePair> Worker<Q> {
         }
     }
 
-    /// Runs the engine on the sides named; returns what is left.
-    fn work(&mut self, mem: &net_virtio::GuestRegions<'_>, work: Work) -> Work {
+    /// Runs the engine on the sides named; returns what is left, and whether anything moved.
+    fn work(&mut self, mem: &net_virtio::GuestRegions<'_>, work: Work) -> (Work, bool) {
         if self.rings.iter().any(|r| r.queue.is_none()) {
             // One ring only: run it against a placeholder for the other, never touched.
             return self.work_one(mem, work);
@@ -416,12 +459,12 @@ impl<Q: QueuePair> Worker<Q> {
         let [rx, tx] = &mut self.rings;
         let res = match (rx.queue.as_mut(), tx.queue.as_mut()) {
             (Some(rxq), Some(txq)) => self.engine.run(rxq, txq, mem, work, None, BUDGET),
-            _ => return Work::default(),
+            _ => return (Work::default(), false),
         };
         self.after(res)
     }
 
-    fn work_one(&mut self, mem: &net_virtio::GuestRegions<'_>, work: Work) -> Work {
+    fn work_one(&mut self, mem: &net_virtio::GuestRegions<'_>, work: Work) -> (Work, bool) {
         let mut idle = SplitQueue::new(1);
         let [rx, tx] = &mut self.rings;
         let work = Work {
@@ -431,12 +474,12 @@ impl<Q: QueuePair> Worker<Q> {
         let res = match (rx.queue.as_mut(), tx.queue.as_mut()) {
             (Some(rxq), None) => self.engine.run(rxq, &mut idle, mem, work, None, BUDGET),
             (None, Some(txq)) => self.engine.run(&mut idle, txq, mem, work, None, BUDGET),
-            _ => return Work::default(),
+            _ => return (Work::default(), false),
         };
         self.after(res)
     }
 
-    fn after(&mut self, res: Result<net_virtio::RunOutcome, EngineError>) -> Work {
+    fn after(&mut self, res: Result<net_virtio::RunOutcome, EngineError>) -> (Work, bool) {
         match res {
             Ok(out) => {
                 for (side, notify) in [(Side::Rx, out.notify_rx), (Side::Tx, out.notify_tx)] {
@@ -449,7 +492,7 @@ impl<Q: QueuePair> Worker<Q> {
                         }
                     }
                 }
-                out.more()
+                (out.more(), out.completed > 0)
             }
             Err(EngineError::Ring { side, error }) => {
                 warn!(
@@ -462,11 +505,11 @@ impl<Q: QueuePair> Worker<Q> {
                 }
                 r.queue = None;
                 self.engine.stop_side(side);
-                Work::default()
+                (Work::default(), false)
             }
             Err(EngineError::Backend(e)) => {
                 self.fault(format!("backend: {e}"));
-                Work::default()
+                (Work::default(), false)
             }
         }
     }

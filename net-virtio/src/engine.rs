@@ -165,6 +165,7 @@ pub struct PairEngine<Q> {
     rx: Option<RxPump>,
     tx: Option<TxPump>,
     attached: bool,
+    polling: bool,
     /// Counters of pumps dropped by earlier stops: (rx, tx).
     earlier: (PumpStats, PumpStats),
 }
@@ -195,7 +196,32 @@ impl<Q: QueuePair> PairEngine<Q> {
             rx: None,
             tx: None,
             attached,
+            polling: false,
             earlier: Default::default(),
+        }
+    }
+
+    /// Busy polling: while on, a ring that runs dry (transmit) or a receive queue short of
+    /// buffers does not ask the driver to kick, and the caller runs the engine again soon
+    /// ([`PairEngine::poll_work`] says which sides are worth it). Turning it off, then one
+    /// more [`PairEngine::run`], re-arms the driver's notifications before the caller sleeps.
+    pub fn set_polling(&mut self, on: bool) {
+        self.polling = on;
+        if let Some(p) = self.tx.as_mut() {
+            p.set_polling(on);
+        }
+        if let Some(p) = self.rx.as_mut() {
+            p.set_polling(on);
+        }
+    }
+
+    /// The sides a busy poll looks at without a system call: transmit (its ring), and
+    /// receive while it waits for guest buffers (its ring; the backend's fd is watched
+    /// otherwise).
+    pub fn poll_work(&self) -> Work {
+        Work {
+            tx: self.tx.is_some(),
+            rx: self.rx.as_ref().is_some_and(|r| r.is_waiting()),
         }
     }
 
@@ -231,28 +257,28 @@ impl<Q: QueuePair> PairEngine<Q> {
 
     /// Builds the pumps for a negotiation (both sides start afresh: nothing held).
     pub fn start(&mut self, cfg: &PairConfig) {
-        self.stop();
-        self.tx = Some(TxPump::new(cfg.layout, cfg.tx));
-        self.rx = Some(RxPump::new(RxConfig {
-            layout: cfg.layout,
-            mergeable: cfg.mergeable,
-            max_frame: cfg.max_frame,
-            translator: cfg.rx,
-        }));
+        self.start_side(Side::Tx, cfg);
+        self.start_side(Side::Rx, cfg);
     }
 
     /// Builds the pump of one side only (a vhost-user ring that starts after the other).
     pub fn start_side(&mut self, side: Side, cfg: &PairConfig) {
         self.stop_side(side);
         match side {
-            Side::Tx => self.tx = Some(TxPump::new(cfg.layout, cfg.tx)),
+            Side::Tx => {
+                let mut p = TxPump::new(cfg.layout, cfg.tx);
+                p.set_polling(self.polling);
+                self.tx = Some(p);
+            }
             Side::Rx => {
-                self.rx = Some(RxPump::new(RxConfig {
+                let mut p = RxPump::new(RxConfig {
                     layout: cfg.layout,
                     mergeable: cfg.mergeable,
                     max_frame: cfg.max_frame,
                     translator: cfg.rx,
-                }))
+                });
+                p.set_polling(self.polling);
+                self.rx = Some(p);
             }
         }
     }

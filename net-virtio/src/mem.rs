@@ -202,6 +202,15 @@ impl<'m> GuestRegions<'m> {
         Some(unsafe { r.host.add(off as usize) })
     }
 
+    /// A writable buffer over `len` bytes at `gpa`, when they lie in one region.
+    #[inline]
+    pub fn buf_mut(&self, gpa: u64, len: u64) -> Option<IoBufMut<'m>> {
+        let p = self.host(gpa, len)?;
+        // SAFETY: `host` checked the range lies in one region, mapped read-write for 'm with
+        // no reference covering it (`from_raw`'s promise).
+        Some(unsafe { IoBufMut::from_raw_parts(p, len as usize) })
+    }
+
     /// Whether `len` bytes at `gpa` are guest memory (possibly across regions).
     pub fn check(&self, gpa: u64, len: u64) -> bool {
         let mut done = 0u64;

@@ -11,7 +11,8 @@
 //!   index more than a queue ahead ([`RingError::AvailRanAhead`]: the device needs a reset);
 //! - walks descriptor chains with every bound checked ([`crate::chain`]);
 //! - keeps a shadow used index: elements are written as chains complete, the index is
-//!   published once per burst with a release store ([`Ring::publish`]);
+//!   published once per burst ([`PUBLISH_BURST`] chains, or the end of the pass) with a
+//!   release store ([`Ring::publish`]);
 //! - decides on notifications once per burst: `EVENT_IDX` (`used_event`, checked over every
 //!   chain completed since the last decision) or `VRING_AVAIL_F_NO_INTERRUPT`, and suppresses
 //!   the driver's kicks while the device works (`avail_event`, or `VRING_USED_F_NO_NOTIFY`).
@@ -26,6 +27,10 @@ use virtio_bindings::virtio_ring::{VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_N
 
 use crate::chain::{self, ChainError, Direction, Seg, Walked};
 use crate::mem::{GuestRegions, RingPtrs, RingView};
+
+/// Used elements published per release store at most: the driver works on a burst while the
+/// device fills the next (a whole ring before the first store would stop it waiting).
+pub const PUBLISH_BURST: u16 = 32;
 
 /// Why a queue's rings cannot be used: the driver broke the queue, the device needs a reset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -301,6 +306,12 @@ impl<'q, 'm> Ring<'q, 'm> {
         self.q.next_avail -= Wrapping(n);
     }
 
+    /// Descriptor `i` of the queue's own table (`None` beyond the queue).
+    #[inline]
+    pub fn desc(&self, i: u16) -> Option<crate::mem::Descriptor> {
+        self.view.desc(i)
+    }
+
     /// Walks the chain at `head` into `segs`; see [`chain::walk`].
     #[inline]
     pub fn walk(
@@ -325,6 +336,9 @@ impl<'q, 'm> Ring<'q, 'm> {
             .set_used_elem(self.q.next_used.0, u32::from(head), len);
         self.q.next_used += Wrapping(1);
         self.q.num_added += Wrapping(1);
+        if (self.q.next_used - self.published).0 >= PUBLISH_BURST {
+            self.publish();
+        }
         true
     }
 

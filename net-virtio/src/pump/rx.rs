@@ -74,7 +74,18 @@ pub struct RxPump {
     out: Vec<u8>,
     out_hdr: Option<VirtioNetHdr>,
     waiting: bool,
+    polling: bool,
     stats: PumpStats,
+}
+
+/// How the fast path ended.
+enum Fast {
+    /// The backend has nothing: wait for its fd.
+    BackendEmpty,
+    /// The budget is spent.
+    Budget,
+    /// The general path goes on.
+    Fallback,
 }
 
 /// What the guest's buffers allow next.
@@ -111,8 +122,15 @@ impl RxPump {
             out: Vec::new(),
             out_hdr: None,
             waiting: false,
+            polling: false,
             stats: PumpStats::default(),
         }
+    }
+
+    /// Polling: while short of buffers the driver is not asked to kick (the caller looks at
+    /// the ring again soon); turning it off re-arms on the next call.
+    pub fn set_polling(&mut self, on: bool) {
+        self.polling = on;
     }
 
     /// Changes the receive offloads (`CTRL_GUEST_OFFLOADS`) and with them the largest frame.
@@ -305,6 +323,8 @@ impl RxPump {
     ) -> Result<PumpOutcome, PumpError> {
         let mut ring = queue.ring(mem)?;
         let mut out = PumpOutcome::default();
+        // No kicks while we work: the driver adds buffers, we take them.
+        ring.disable_notification();
         let res = self.run(&mut ring, backend, filter, budget, &mut out);
         out.blocked = self.waiting;
         let out = finish(&mut ring, out, &mut self.stats);
@@ -323,6 +343,17 @@ impl RxPump {
             if budget == 0 {
                 out.more = true;
                 break;
+            }
+            match self.fast_path(ring, backend, filter, &mut budget, &mut out.completed)? {
+                Fast::BackendEmpty => {
+                    self.waiting = false;
+                    break;
+                }
+                Fast::Budget => {
+                    out.more = true;
+                    break;
+                }
+                Fast::Fallback => {}
             }
             let dry = self.refill(ring, &mut out.completed, &mut budget)?;
             let progressed = match self.next_step(ring.size(), dry) {
@@ -367,11 +398,109 @@ impl RxPump {
                 self.waiting = true;
                 self.stats.no_buffers += 1;
             }
-            if !ring.enable_notification()? || self.held.len() >= usize::from(ring.size()) {
+            if self.polling
+                || !ring.enable_notification()?
+                || self.held.len() >= usize::from(ring.size())
+            {
                 break;
             }
         }
         Ok(())
+    }
+
+    /// The common case, before the general one: nothing pending or held, no software filter,
+    /// and the guest's next buffer one writable descriptor (no `NEXT`, no `INDIRECT`) in one
+    /// memory region, large enough for any frame (mergeable) or for a minimal one. The frame
+    /// goes straight into it and the buffer back to the guest, with the walks, checks and
+    /// bookkeeping of the general path reduced to what that shape needs; whatever does not fit
+    /// it is given back to the ring (`rewind`) and left to the general path, so both take the
+    /// same decisions.
+    fn fast_path<Q: QueuePair + ?Sized>(
+        &mut self,
+        ring: &mut Ring<'_, '_>,
+        backend: &mut Q,
+        filter: Option<&RxFilter>,
+        budget: &mut usize,
+        done: &mut u32,
+    ) -> Result<Fast, PumpError> {
+        const WRITE: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
+        let hdr_len = self.hdr_len();
+        let need = if self.cfg.mergeable {
+            self.need()
+        } else {
+            self.min_buffer()
+        };
+        let mem = ring.memory();
+        loop {
+            if *budget == 0 {
+                return Ok(Fast::Budget);
+            }
+            if filter.is_some() || self.pending.is_some() || !self.held.is_empty() {
+                return Ok(Fast::Fallback);
+            }
+            let Some(head) = ring.pop()? else {
+                return Ok(Fast::Fallback);
+            };
+            let d = ring.desc(head).unwrap_or_default();
+            let buf = (d.flags == WRITE && u64::from(d.len) >= need)
+                .then(|| mem.buf_mut(d.addr, u64::from(d.len)))
+                .flatten();
+            let Some(buf) = buf else {
+                ring.rewind(1);
+                return Ok(Fast::Fallback);
+            };
+            let frame_buf = [buf.offset(hdr_len)];
+            let Some(frame) = backend.recv(&frame_buf)? else {
+                // Not used: the guest's buffer goes back to the ring as it was.
+                ring.rewind(1);
+                return Ok(Fast::BackendEmpty);
+            };
+            *budget -= 1;
+            self.waiting = false;
+            let len = frame.len.min(frame_buf[0].len());
+            if mem.tracks_dirty() {
+                mem.mark_dirty(d.addr, hdr_len + len);
+            }
+            let route = if frame.hdr.is_plain() {
+                self.accept(None, &frame.hdr, len, &[])
+            } else {
+                let mut head_bytes = [0u8; HEAD_LEN];
+                let n = frame_buf[0].as_buf().read(0, &mut head_bytes[..len.min(HEAD_LEN)]);
+                self.accept(None, &frame.hdr, len, &head_bytes[..n])
+            };
+            match route {
+                Some(RxRoute::Deliver(mut hdr)) => {
+                    hdr.num_buffers = 1;
+                    let mut hbuf = [0u8; MAX_HDR];
+                    let n = self.cfg.layout.encode(&hdr, &mut hbuf).unwrap_or(hdr_len);
+                    buf.write(0, &hbuf[..n]);
+                    if ring.add_used(head, (hdr_len + len) as u32) {
+                        *done += 1;
+                    }
+                    self.stats.frames += 1;
+                    self.stats.bytes += len as u64;
+                }
+                Some(RxRoute::Software) => {
+                    // The general path takes it from here, with this buffer held.
+                    self.buf.resize(len, 0);
+                    let n = frame_buf[0].as_buf().read(0, &mut self.buf);
+                    self.make_pending(RxRoute::Software, &frame.hdr, n);
+                    self.held.push_back(Held {
+                        head,
+                        nsegs: 1,
+                        cap: u64::from(d.len),
+                    });
+                    self.held_segs.push_back(Seg {
+                        addr: d.addr,
+                        len: d.len,
+                    });
+                    self.held_cap += u64::from(d.len);
+                    return Ok(Fast::Fallback);
+                }
+                // Dropped (counted): the buffer goes back to the ring for the next frame.
+                None => ring.rewind(1),
+            }
+        }
     }
 
     /// Whether a frame passes the filter and the translator: delivers it or makes it pending.
@@ -435,15 +564,19 @@ impl RxPump {
         let resolved = chain::bufs_mut(
             mem,
             self.held_segs.iter().take(nsegs).copied(),
-            hdr_len,
+            0,
             &mut bufs,
         );
         if resolved.is_err() {
             self.bufs_store = recycle(bufs);
             return Err(PumpError::Ring(RingError::BadRings));
         }
-        let received = backend.recv(&bufs);
-        let room = net_api::iovec::total_len_mut(&bufs);
+        // `bufs[..whole]` cover the buffers from their first byte (the header goes there
+        // last), `bufs[whole..]` the same bytes after the header room: the frame's.
+        let whole = bufs.len();
+        frame_view(&mut bufs, hdr_len);
+        let received = backend.recv(&bufs[whole..]);
+        let room = net_api::iovec::total_len_mut(&bufs[whole..]);
         let frame = match received {
             Ok(Some(frame)) => frame,
             Ok(None) => {
@@ -464,18 +597,21 @@ impl RxPump {
             );
         }
         // What the filter and the translator read, copied: the guest can write its buffers.
-        let mut head = [0u8; HEAD_LEN];
-        let head_n = if filter.is_some() || !frame.hdr.is_plain() {
-            read_written(&bufs, &mut head[..len.min(HEAD_LEN)])
+        // A plain frame with no filter needs none of it.
+        let route = if filter.is_none() && frame.hdr.is_plain() {
+            self.accept(None, &frame.hdr, len, &[])
         } else {
-            0
+            let mut head = [0u8; HEAD_LEN];
+            let head_n = read_written(&bufs[whole..], &mut head[..len.min(HEAD_LEN)]);
+            self.accept(filter, &frame.hdr, len, &head[..head_n])
         };
-        let route = self.accept(filter, &frame.hdr, len, &head[..head_n]);
         let res = match route {
-            Some(RxRoute::Deliver(hdr)) => self.complete_frame(ring, hdr, len, done),
+            Some(RxRoute::Deliver(hdr)) => {
+                self.complete_frame(ring, hdr, len, Some(&bufs[..whole]), done)
+            }
             Some(RxRoute::Software) => {
                 self.buf.resize(len, 0);
-                let n = read_written(&bufs, &mut self.buf);
+                let n = read_written(&bufs[whole..], &mut self.buf);
                 self.make_pending(RxRoute::Software, &frame.hdr, n);
                 Ok(())
             }
@@ -559,16 +695,19 @@ impl RxPump {
             .map_err(|_| PumpError::Ring(RingError::BadRings))?;
         let len = self.out.len();
         self.advance_piece();
-        self.complete_frame(ring, hdr, len, done)
+        self.complete_frame(ring, hdr, len, None, done)
     }
 
     /// The frame of `len` bytes is in the held buffers after the header room: write the
     /// header and return the buffers it used.
+    /// `hdr_bufs`, when given, are the first buffers' bytes from the start (the header is
+    /// written there without resolving the segments again).
     fn complete_frame(
         &mut self,
         ring: &mut Ring<'_, '_>,
         mut hdr: VirtioNetHdr,
         len: usize,
+        hdr_bufs: Option<&[IoBufMut<'_>]>,
         done: &mut u32,
     ) -> Result<(), PumpError> {
         let hdr_len = self.hdr_len();
@@ -590,9 +729,17 @@ impl RxPump {
         hdr.num_buffers = used.len() as u16;
         let mut hbuf = [0u8; MAX_HDR];
         let n = self.cfg.layout.encode(&hdr, &mut hbuf).unwrap_or(hdr_len);
-        let first_segs = self.held_segs.iter().take(first_nsegs).copied();
-        chain::write_to(ring.memory(), first_segs, 0, &hbuf[..n])
-            .map_err(|_| PumpError::Ring(RingError::BadRings))?;
+        match hdr_bufs {
+            Some(b) => {
+                // Resolved for this frame, dirty pages marked with it.
+                net_api::iovec::write_bufs(b, 0, &hbuf[..n]);
+            }
+            None => {
+                let first_segs = self.held_segs.iter().take(first_nsegs).copied();
+                chain::write_to(ring.memory(), first_segs, 0, &hbuf[..n])
+                    .map_err(|_| PumpError::Ring(RingError::BadRings))?;
+            }
+        }
         for &(head, nsegs, bytes) in &used {
             if let Some(h) = self.held.pop_front() {
                 self.held_cap -= h.cap;
@@ -632,4 +779,19 @@ fn read_written(bufs: &[IoBufMut<'_>], out: &mut [u8]) -> usize {
         done += b.as_buf().read(0, &mut out[done..]);
     }
     done
+}
+
+/// Appends to `bufs` a view of the same bytes without their first `skip`.
+fn frame_view(bufs: &mut Vec<IoBufMut<'_>>, mut skip: usize) {
+    let whole = bufs.len();
+    let mut i = 0;
+    while i < whole && skip >= bufs[i].len() {
+        skip -= bufs[i].len();
+        i += 1;
+    }
+    if i < whole {
+        let first = bufs[i].offset(skip);
+        bufs.push(first);
+        bufs.extend_from_within(i + 1..whole);
+    }
 }

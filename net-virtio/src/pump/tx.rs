@@ -43,6 +43,7 @@ pub struct TxPump {
     frames_store: Vec<TxFrame<'static>>,
     pending: Option<TxPending>,
     blocked: bool,
+    polling: bool,
     stats: PumpStats,
 }
 
@@ -91,8 +92,15 @@ impl TxPump {
             frames_store: Vec::with_capacity(TX_BATCH),
             pending: None,
             blocked: false,
+            polling: false,
             stats: PumpStats::default(),
         }
+    }
+
+    /// Polling: when the ring runs dry the driver is not asked to kick (the caller looks at
+    /// the ring again soon); turning it off re-arms on the next call.
+    pub fn set_polling(&mut self, on: bool) {
+        self.polling = on;
     }
 
     /// The counters.
@@ -177,7 +185,7 @@ impl TxPump {
                     return Ok(());
                 }
                 BatchEnd::Empty => {
-                    if !ring.enable_notification()? {
+                    if self.polling || !ring.enable_notification()? {
                         return Ok(());
                     }
                 }
