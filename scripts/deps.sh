@@ -50,3 +50,31 @@ BUILD_DEBS=(g++ pkg-config libelf-dev zlib1g-dev m4 clang llvm linux-libc-dev)
 TEST_DEBS=(iproute2 nftables iputils-ping systemd ethtool dpdk-dev librte-net-tap23
     librte-net-virtio23 librte-net-vhost23 librte-net-af-xdp23 qemu-system-x86 busybox-static
     linux-image-amd64 cpio)
+
+# need_msix_qemu: a QEMU that runs a vhost-user-net device with MSI-X (virtio-net-pci's
+# default) under TCG, for the guest tests. Debian bookworm's QEMU 7.2 crashes there whatever
+# the backend (see net-vhostuser/tests/qemu_boot.rs), so on bookworm the bookworm-backports
+# QEMU is downloaded and unpacked under target/qemu-bpo (nothing is installed, no apt source
+# is added: a private apt configuration is used for the download). A distribution QEMU 8 or
+# newer is used as it is.
+need_msix_qemu() {
+    local dest=target/qemu-bpo qemu=qemu-system-x86_64 major tmp opts
+    major=$($qemu --version 2>/dev/null | sed -n 's/.*version \([0-9]*\)\..*/\1/p' | head -n1)
+    [ "${major:-0}" -ge 8 ] && return 0
+    [ -x "$dest/usr/bin/$qemu" ] && return 0
+    if ! grep -q '^VERSION_CODENAME=bookworm' /etc/os-release 2>/dev/null; then
+        log "QEMU ${major:-?} cannot run vhost-user-net with MSI-X under TCG; install QEMU 8 or newer"
+        return 0
+    fi
+    log "unpacking bookworm-backports' qemu-system-x86 into $dest (QEMU 7.2 crashes with MSI-X under TCG)"
+    tmp=$(mktemp -d)
+    mkdir -p "$tmp/lists/partial" "$tmp/archives/partial" "$dest"
+    echo "deb http://deb.debian.org/debian bookworm-backports main" >"$tmp/sources.list"
+    opts=(-o "Dir::Etc::SourceList=$tmp/sources.list" -o Dir::Etc::SourceParts=/dev/null
+        -o "Dir::State::Lists=$tmp/lists" -o "Dir::Cache::Archives=$tmp/archives"
+        -o APT::Sandbox::User=root)
+    apt-get "${opts[@]}" update -qq
+    (cd "$tmp" && apt-get "${opts[@]}" download -qq qemu-system-x86 qemu-system-common qemu-system-data)
+    for deb in "$tmp"/*.deb; do dpkg -x "$deb" "$dest"; done
+    rm -rf "$tmp"
+}

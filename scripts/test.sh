@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, clippy, every crate's tests and doc tests, the C-free
 # build of the crates a VMM embeds, the fuzz corpus, and a short fuzz run.
-# Installs what is missing first. FUZZ_SECONDS (default 60) sets the fuzz runs' length, split
-# between the two fuzz targets.
+# Installs what is missing first. FUZZ_SECONDS (default 100) sets the fuzz runs' length, split
+# between the four fuzz targets.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
 need_cargo
 need_debs "${BUILD_DEBS[@]}" "${TEST_DEBS[@]}"
 need_cargo_tool cargo-fuzz cargo-fuzz
+need_msix_qemu
 
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
@@ -24,7 +25,8 @@ cargo fmt --all -- --check
 log "cargo clippy"
 # test-utils too, so the examples that need it are checked.
 cargo clippy --quiet --workspace --all-targets \
-    --features net-virtio/test-utils,net-select/cli,net-select/afxdp,net-vhostuser/afxdp -- -D warnings
+    --features net-virtio/test-utils,net-select/cli,net-select/afxdp,net-vhostuser/afxdp,net-vhostuser/test-utils \
+    -- -D warnings
 
 # With the `volt-net` command line, so its end-to-end tests run.
 run_tests --workspace --features net-select/cli
@@ -63,12 +65,15 @@ fuzz_target() {
     grep -E '^(Done|stat::number_of_executed_units)' "$fuzzlog" || true
     rm -f "$fuzzlog"
 }
-# FUZZ_SECONDS is shared by the two targets (each gets at least 1 s: 0 would mean no limit).
-fuzz_total=${FUZZ_SECONDS:-60}
-fuzz_device=$((fuzz_total / 2 > 0 ? fuzz_total / 2 : 1))
-fuzz_header=$((fuzz_total - fuzz_device > 0 ? fuzz_total - fuzz_device : 1))
-fuzz_target header_translate "$fuzz_header" -max_len=65600 -rss_limit_mb=512 -malloc_limit_mb=64
-fuzz_target virtio_device "$fuzz_device" -max_len=1024 -len_control=0 -rss_limit_mb=1024 \
+# FUZZ_SECONDS is shared by the four targets, a quarter each (at least 1 s: 0 would mean
+# no limit).
+fuzz_total=${FUZZ_SECONDS:-100}
+fuzz_each=$((fuzz_total / 4 > 0 ? fuzz_total / 4 : 1))
+fuzz_target header_translate "$fuzz_each" -max_len=65600 -rss_limit_mb=512 -malloc_limit_mb=64
+fuzz_target virtio_device "$fuzz_each" -max_len=1024 -len_control=0 -rss_limit_mb=1024 \
+    -malloc_limit_mb=64
+fuzz_target ring_differential "$fuzz_each" -max_len=4096 -rss_limit_mb=1024 -malloc_limit_mb=64
+fuzz_target vhost_user_messages "$fuzz_each" -max_len=4096 -rss_limit_mb=1024 \
     -malloc_limit_mb=64
 
 passed=$(grep -Eo '[0-9]+ passed' "$results" | awk '{s+=$1} END {print s+0}')

@@ -1,7 +1,9 @@
 //! The `virtio_device` harness: a hostile guest driving a real `NetDevice` over the loopback
 //! backend. The input format and the checks are documented on [`crate::virtio_device`].
 
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io;
+
+use net_api::{IoBuf, IoBufMut};
 use std::sync::OnceLock;
 
 use net_api::loopback::{pair, Loopback, LoopbackConfig, LoopbackQueue};
@@ -15,7 +17,6 @@ use net_virtio::{DeviceConfig, Event, HdrLayout, IrqCause, NetDevice};
 use virtio_bindings::virtio_config as vc;
 use virtio_bindings::virtio_net as vn;
 use virtio_bindings::virtio_ring as vr;
-use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 
 /// Guest memory: two regions of 4 MiB, so the boundary is at [`BOUNDARY`].
@@ -630,7 +631,7 @@ impl Run {
                 } else {
                     *hdr
                 };
-                let data = [IoSlice::new(frame)];
+                let data = [IoBuf::from_slice(frame)];
                 let frames: Vec<TxFrame<'_>> =
                     (0..count).map(|_| TxFrame { hdr, data: &data }).collect();
                 self.peer[p].send(&frames).expect("peer send");
@@ -771,7 +772,7 @@ impl Run {
     fn drain_peer(&mut self) {
         for q in &mut self.peer {
             while q
-                .recv(&mut [IoSliceMut::new(&mut self.peer_buf)])
+                .recv(&[IoBufMut::from_mut_slice(&mut self.peer_buf)])
                 .expect("peer recv")
                 .is_some()
             {
@@ -978,7 +979,7 @@ impl Run {
         assert_eq!(self.used_seen[1], 1, "recovered device completes the frame");
         assert_eq!(self.used_entry(1, 0), (0, 0));
         let got = self.peer[0]
-            .recv(&mut [IoSliceMut::new(&mut self.peer_buf)])
+            .recv(&[IoBufMut::from_mut_slice(&mut self.peer_buf)])
             .expect("peer recv")
             .expect("the frame reached the peer");
         assert_eq!(&self.peer_buf[..got.len], &frame[..]);
@@ -989,7 +990,7 @@ impl Run {
         self.drv.queues[0].publish(&mem, 0);
         self.observe_avail();
         self.device(Event::Kick(0));
-        let data = [IoSlice::new(frame)];
+        let data = [IoBuf::from_slice(frame)];
         let sent = self.peer[0]
             .send(&[TxFrame {
                 hdr: VirtioNetHdr::PLAIN,

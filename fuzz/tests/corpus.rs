@@ -49,3 +49,21 @@ fn virtio_device_seeds_and_corpus_run_clean() {
         volt_net_fuzz::virtio_device,
     );
 }
+
+#[test]
+fn ring_differential_seeds_and_corpus_run_clean() {
+    seeds_and_corpus(
+        "ring_differential",
+        volt_net_fuzz::ring_seeds(),
+        volt_net_fuzz::ring_differential,
+    );
+}
+
+#[test]
+fn vhost_user_messages_seeds_and_corpus_run_clean() {
+    seeds_and_corpus(
+        "vhost_user_messages",
+        volt_net_fuzz::vhost_user_seeds(),
+        volt_net_fuzz::vhost_user_messages,
+    );
+}

@@ -425,7 +425,7 @@ mod tests {
         for start in 0..9 {
             for len in 0..80 {
                 for dst_start in 0..9 {
-                    let mut dst = vec![0xeeu8; 100];
+                    let mut dst = [0xeeu8; 100];
                     let b = IoBufMut::from_mut_slice(&mut dst[dst_start..]);
                     let n = b.write(0, &src[start..start + len]);
                     assert_eq!(n, len);

@@ -26,7 +26,8 @@ pub struct ServeConfig {
     pub queue_size: u16,
     /// Offer `VIRTIO_NET_F_MRG_RXBUF`.
     pub mergeable_rx: bool,
-    /// How long a frontend may take from connecting to its first started ring.
+    /// How long a frontend may take from connecting to identifying itself (`SET_OWNER` and
+    /// `GET_FEATURES`); afterwards it may wait for its guest as long as it likes.
     pub handshake_timeout: std::time::Duration,
     /// How long a worker keeps polling its rings after frames last moved, instead of
     /// sleeping until the frontend kicks (which costs both sides a system call and a wake-up

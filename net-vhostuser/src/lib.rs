@@ -37,6 +37,8 @@
 
 pub mod device;
 pub mod frontend;
+#[cfg(feature = "test-utils")]
+pub mod harness;
 pub mod memory;
 pub mod serve;
 pub mod server;

@@ -72,7 +72,8 @@ pub struct ServeArgs {
     /// The source's frame length in bytes (60 to 1514).
     #[arg(long, default_value_t = 64)]
     pub source_len: usize,
-    /// How long a frontend may take from connecting to starting its first ring, in seconds.
+    /// How long a frontend may take from connecting to identifying itself (SET_OWNER and
+    /// GET_FEATURES), in seconds.
     #[arg(long, default_value_t = 10)]
     pub handshake_timeout: u64,
     /// How long a worker keeps polling its rings after frames last moved, in microseconds,

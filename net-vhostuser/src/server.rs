@@ -8,7 +8,8 @@
 //!
 //! One daemon serves one VM: a second frontend that connects while one is served is refused
 //! (its connection closed, with a log line). A frontend that connects and does not start a
-//! ring within the handshake timeout is disconnected, and a message it leaves half-sent
+//! owner and ask for the features within the handshake timeout is disconnected (a frontend that
+//! did may wait as long as it likes for its guest), and a message it leaves half-sent
 //! stalls its session for at most [`MESSAGE_TIMEOUT`].
 //!
 //! The socket is made with mode 0600 whatever the umask (bound inside a private directory,

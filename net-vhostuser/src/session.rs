@@ -55,7 +55,9 @@ impl std::fmt::Display for End {
             End::Disconnected => f.write_str("disconnected"),
             End::Refused(why) => write!(f, "refused: {why}"),
             End::Fault(why) => write!(f, "fault: {why}"),
-            End::Stalled => f.write_str("stalled before its first ring started"),
+            End::Stalled => {
+                f.write_str("stalled in its handshake (no SET_OWNER and GET_FEATURES in time)")
+            }
             End::Shutdown => f.write_str("the daemon is shutting down"),
         }
     }
@@ -96,8 +98,11 @@ pub(crate) struct Session<'d> {
     memory: Option<Arc<FrontendMemory>>,
     /// Requests handled.
     pub requests: u64,
-    /// Whether a ring has started (the handshake is over).
+    /// Whether the frontend has identified itself (`SET_OWNER` and the features asked for):
+    /// the handshake is over, and it may wait as long as it likes for its guest's driver.
     pub running: bool,
+    owner: bool,
+    asked_features: bool,
 }
 
 /// Whether `fd` is an eventfd (`/proc/self/fd/N` names `anon_inode:[eventfd]`).
@@ -126,6 +131,8 @@ impl<'d> Session<'d> {
             memory: None,
             requests: 0,
             running: false,
+            owner: false,
+            asked_features: false,
         }
     }
 
@@ -178,7 +185,11 @@ impl<'d> Session<'d> {
     fn apply(&mut self, req: Request) -> Result<Option<Vec<u8>>, String> {
         let max = self.device.cfg.queue_size;
         match req {
-            Request::GetFeatures => return Ok(Some(self.device.features.to_le_bytes().to_vec())),
+            Request::GetFeatures => {
+                self.asked_features = true;
+                self.running |= self.owner;
+                return Ok(Some(self.device.features.to_le_bytes().to_vec()));
+            }
             Request::GetProtocolFeatures => {
                 return Ok(Some(self.device.protocol_features().to_le_bytes().to_vec()))
             }
@@ -189,7 +200,10 @@ impl<'d> Session<'d> {
                         .to_vec(),
                 ))
             }
-            Request::SetOwner => {}
+            Request::SetOwner => {
+                self.owner = true;
+                self.running |= self.asked_features;
+            }
             Request::ResetOwner | Request::ResetDevice => self.reset(),
             Request::SetFeatures(f) => {
                 if f & !self.device.features != 0 {
@@ -375,7 +389,6 @@ impl<'d> Session<'d> {
         });
         w.send(Ctl::Enable { side, on });
         self.vrings[i].started = true;
-        self.running = true;
     }
 
     /// Stops ring `i` if it runs; returns where it stopped.
@@ -395,7 +408,8 @@ impl<'d> Session<'d> {
     }
 
     /// `RESET_DEVICE`/`RESET_OWNER`, and the end of a session: every ring stopped, memory
-    /// unmapped, features forgotten.
+    /// unmapped, the virtio features forgotten. The protocol features stay: they belong to
+    /// the connection (the frontend goes on expecting its reply-acks after a reset).
     pub(crate) fn reset(&mut self) {
         for i in 0..self.vrings.len() {
             self.stop(i);
@@ -406,7 +420,5 @@ impl<'d> Session<'d> {
         }
         self.memory = None;
         self.acked = None;
-        self.protocol = 0;
-        self.running = false;
     }
 }

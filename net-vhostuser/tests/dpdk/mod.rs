@@ -14,8 +14,7 @@ pub fn cpu() -> usize {
     use nix::sched::{sched_getaffinity, CpuSet};
     let set = sched_getaffinity(nix::unistd::Pid::from_raw(0)).expect("affinity");
     (0..CpuSet::count())
-        .filter(|&c| set.is_set(c).unwrap_or(false))
-        .next_back()
+        .rfind(|&c| set.is_set(c).unwrap_or(false))
         .unwrap_or(0)
 }
 

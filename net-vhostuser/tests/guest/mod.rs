@@ -564,6 +564,81 @@ pub struct BootOptions {
     pub timeout: Duration,
     /// Whether to print the console to stderr as it arrives (`VOLT_GUEST_ECHO=1` also does).
     pub echo: bool,
+    /// The QEMU to run ([`Qemu::distribution`] by default).
+    pub qemu: Qemu,
+}
+
+/// A QEMU binary and the firmware directory it needs (`-L`), if not its built-in one.
+#[derive(Clone, Debug)]
+pub struct Qemu {
+    /// `qemu-system-x86_64`.
+    pub bin: PathBuf,
+    /// A firmware directory searched first.
+    pub data: Option<PathBuf>,
+    /// `QEMU emulator version X.Y.Z ...`'s `X.Y.Z`.
+    pub version: String,
+}
+
+/// Where `scripts/deps.sh` unpacks Debian's bookworm-backports QEMU (without installing it).
+pub fn backports_qemu_dir() -> PathBuf {
+    target_dir().join("qemu-bpo")
+}
+
+fn qemu_version(bin: &Path) -> Option<String> {
+    let out = Command::new(bin).arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "version")
+        .nth(1)
+        .map(|v| v.to_string())
+}
+
+impl Qemu {
+    /// The distribution's `qemu-system-x86_64` (QEMU 7.2 on Debian bookworm).
+    pub fn distribution() -> Qemu {
+        let bin = PathBuf::from(format!("/usr/bin/{QEMU}"));
+        let version = qemu_version(&bin).unwrap_or_default();
+        Qemu {
+            bin,
+            data: None,
+            version,
+        }
+    }
+
+    /// The major version.
+    pub fn major(&self) -> u32 {
+        self.version
+            .split('.')
+            .next()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// A QEMU whose virtio-net-pci with MSI-X (its default) runs a vhost-user-net device under
+    /// TCG: QEMU 7.2 does not (it dereferences a KVM irqfd table that TCG never allocates, in
+    /// `msix_set_vector_notifiers`, whatever the backend: DPDK's `net_vhost` crashes it the
+    /// same way). The distribution's QEMU when it is 8 or newer, else the bookworm-backports
+    /// QEMU that `scripts/deps.sh` unpacks under `target/qemu-bpo`; `Err` says how to get one.
+    pub fn msix_capable() -> Result<Qemu, String> {
+        let system = Qemu::distribution();
+        if system.major() >= 8 {
+            return Ok(system);
+        }
+        let dir = backports_qemu_dir();
+        let bin = dir.join("usr/bin").join(QEMU);
+        match qemu_version(&bin) {
+            Some(version) => Ok(Qemu {
+                bin,
+                data: Some(dir.join("usr/share/qemu")),
+                version,
+            }),
+            None => Err(format!(
+                "QEMU {} cannot run a vhost-user-net device with MSI-X under TCG, and no newer QEMU is unpacked in {} (scripts/test.sh does it: source scripts/deps.sh; need_msix_qemu)",
+                system.version,
+                dir.display()
+            )),
+        }
+    }
 }
 
 impl Default for BootOptions {
@@ -576,6 +651,7 @@ impl Default for BootOptions {
             gateway: Some("10.0.2.2".into()),
             timeout: Duration::from_secs(120),
             echo: std::env::var_os("VOLT_GUEST_ECHO").is_some_and(|v| v == "1"),
+            qemu: Qemu::distribution(),
         }
     }
 }
@@ -657,10 +733,10 @@ fn base64(data: &[u8]) -> String {
 /// The arguments for a vhost-user-net NIC: QEMU connects to `socket` (a server such as
 /// `volt-net serve`), reconnecting every second if it goes away; `queues` queue pairs with
 /// mergeable receive buffers on or off. No option ROM: the kernel is booted directly, and
-/// iPXE would drive the NIC first. No MSI-X (`vectors=0`, legacy INTx): QEMU 7.2 under TCG
-/// (no irqfd) segfaults in `msix_set_vector_notifiers` from `vhost_net_start` when a
-/// vhost-user-net device with MSI-X starts, whatever the backend.
-pub fn vhost_user_args(socket: &Path, queues: u16, mrg_rxbuf: bool) -> Vec<String> {
+/// iPXE would drive the NIC first. `msix`: QEMU's default interrupt vectors (MSI-X, what a
+/// user gets), else `vectors=0` (legacy INTx), the only way QEMU 7.2 under TCG runs a
+/// vhost-user-net device (see [`Qemu::msix_capable`]).
+pub fn vhost_user_args(socket: &Path, queues: u16, mrg_rxbuf: bool, msix: bool) -> Vec<String> {
     vec![
         "-chardev".into(),
         format!("socket,id=c0,path={},reconnect=1", socket.display()),
@@ -668,7 +744,8 @@ pub fn vhost_user_args(socket: &Path, queues: u16, mrg_rxbuf: bool) -> Vec<Strin
         format!("vhost-user,id=n0,chardev=c0,queues={queues}"),
         "-device".into(),
         format!(
-            "virtio-net-pci,netdev=n0,mq=on,vectors=0,mrg_rxbuf={},romfile=",
+            "virtio-net-pci,netdev=n0,mq=on,{}mrg_rxbuf={},romfile=",
+            if msix { "" } else { "vectors=0," },
             if mrg_rxbuf { "on" } else { "off" }
         ),
     ]
@@ -719,7 +796,10 @@ pub fn boot_with(
         ));
     }
     let mem = format!("{}M", opts.mem_mib);
-    let mut qemu = Command::new(QEMU);
+    let mut qemu = Command::new(&opts.qemu.bin);
+    if let Some(data) = &opts.qemu.data {
+        qemu.arg("-L").arg(data);
+    }
     qemu.args(["-machine", "q35", "-accel", "tcg", "-m", &mem])
         .args(["-smp", &opts.smp.to_string()])
         .args(["-nographic", "-nodefaults", "-no-user-config", "-no-reboot"])

@@ -465,7 +465,9 @@ impl RxPump {
                 self.accept(None, &frame.hdr, len, &[])
             } else {
                 let mut head_bytes = [0u8; HEAD_LEN];
-                let n = frame_buf[0].as_buf().read(0, &mut head_bytes[..len.min(HEAD_LEN)]);
+                let n = frame_buf[0]
+                    .as_buf()
+                    .read(0, &mut head_bytes[..len.min(HEAD_LEN)]);
                 self.accept(None, &frame.hdr, len, &head_bytes[..n])
             };
             match route {
