@@ -21,11 +21,14 @@
 //!   each receive buffer in the worker thread).
 //!
 //! Our server runs in this process, pinned (its session and worker threads inherit the CPU),
-//! one queue pair, mergeable buffers offered, as `volt-net serve` does. The rate is the
-//! frontend's: testpmd prints it every second (`--stats-period 1`); after traffic starts, the
-//! first `VOLT_BENCH_WARMUP` periods (2) are skipped and the median of the next
-//! `VOLT_BENCH_PERIODS` (5) is taken. A rate below 0.05 Mpps is a broken run: the row says so
-//! and no ratio is computed.
+//! one queue pair, mergeable buffers offered, busy polling as `volt-net serve` does by default.
+//! The rate is the frontend's: testpmd prints it every second (`--stats-period 1`); after
+//! traffic starts, the first `VOLT_BENCH_WARMUP` periods (2) are skipped and the next
+//! `VOLT_BENCH_PERIODS` (4) kept. The machines this runs on are shared and noisy (the same
+//! run can vary by 2x from one minute to the next), so each row alternates the two backends
+//! over `VOLT_BENCH_ROUNDS` rounds (3), DPDK first in odd rounds and ours first in even ones,
+//! and compares the medians of all the periods each side got. A rate below 0.05 Mpps is a
+//! broken run: the row says so and no ratio is computed.
 
 #![allow(missing_docs)]
 
@@ -82,7 +85,28 @@ struct Setup {
     frontend_cpu: usize,
     warmup: usize,
     periods: usize,
+    rounds: usize,
     dir: PathBuf,
+}
+
+/// The median of every period a side got over the rounds.
+fn pooled(runs: &[Option<Steady>]) -> Option<Steady> {
+    let mut samples: Vec<u64> = runs
+        .iter()
+        .flatten()
+        .flat_map(|s| s.samples.clone())
+        .collect();
+    if samples.is_empty() {
+        return None;
+    }
+    samples.sort_unstable();
+    let n = samples.len();
+    let median = if n % 2 == 1 {
+        samples[n / 2] as f64
+    } else {
+        (samples[n / 2 - 1] + samples[n / 2]) as f64 / 2.0
+    };
+    Some(Steady { median, samples })
 }
 
 /// The frontend against the socket; its steady rate.
@@ -195,13 +219,14 @@ fn main() {
         backend_cpu: cpus[0],
         frontend_cpu: *cpus.last().expect("a CPU"),
         warmup: env("VOLT_BENCH_WARMUP", 2),
-        periods: env("VOLT_BENCH_PERIODS", 5),
+        periods: env("VOLT_BENCH_PERIODS", 4),
+        rounds: env("VOLT_BENCH_ROUNDS", 3),
         dir,
     };
 
     println!(
-        "vhost-user-net backends against DPDK virtio_user (testpmd), backend on CPU {}, frontend on CPU {}; steady state: median of {} one-second periods after {} of warm-up",
-        s.backend_cpu, s.frontend_cpu, s.periods, s.warmup
+        "vhost-user-net backends against DPDK virtio_user (testpmd), backend on CPU {}, frontend on CPU {}; steady state: {} rounds alternating the backends, {} one-second periods each after {} of warm-up, medians",
+        s.backend_cpu, s.frontend_cpu, s.rounds, s.periods, s.warmup
     );
     println!(
         "{:<40} {:>6} {:>10} {:>10} {:>10} {:>10} {:>7}",
@@ -210,8 +235,17 @@ fn main() {
     let mut json = Vec::new();
     for d in [Dir::ToBackend, Dir::ToGuest] {
         for len in [64usize, 1500] {
-            let theirs = dpdk(&s, d, len);
-            let mine = ours(&s, d, len);
+            let (mut t, mut m) = (Vec::new(), Vec::new());
+            for round in 0..s.rounds {
+                if round % 2 == 0 {
+                    t.push(dpdk(&s, d, len));
+                    m.push(ours(&s, d, len));
+                } else {
+                    m.push(ours(&s, d, len));
+                    t.push(dpdk(&s, d, len));
+                }
+            }
+            let (theirs, mine) = (pooled(&t), pooled(&m));
             let mpps = |x: &Option<Steady>| x.as_ref().map_or(0.0, |x| x.median / 1e6);
             let (v, p) = (mpps(&mine), mpps(&theirs));
             // Frames on the wire: the rate times the frame, in bits.

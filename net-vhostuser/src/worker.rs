@@ -70,6 +70,9 @@ pub(crate) struct Report {
     pub why: String,
 }
 
+/// While frames flow, the worker's fds are looked at every this many passes.
+const EPOLL_EVERY: u32 = 8;
+
 const WAKE: u64 = 0;
 const KICK: [u64; 2] = [1, 2];
 const BACKEND_RX: u64 = 3;
@@ -127,6 +130,8 @@ pub(crate) struct Worker<Q> {
     /// How long to keep polling the rings after the last frame moved (0: never poll).
     busy_poll: Duration,
     polling: bool,
+    /// Frames moved since `last_work` was read.
+    recent: bool,
     last_work: Instant,
 }
 
@@ -162,6 +167,7 @@ impl<Q: QueuePair> Worker<Q> {
             failed: false,
             busy_poll,
             polling: false,
+            recent: false,
             last_work: Instant::now(),
         })
     }
@@ -214,18 +220,27 @@ impl<Q: QueuePair> Worker<Q> {
         if let Some(next) = self.control(regions, &mut pending) {
             return next;
         }
+        // While frames flow, the fds are looked at every few passes only (a system call per
+        // burst would cost as much as the burst); idle or blocked, at every pass.
+        let mut skip_epoll = 0u32;
         loop {
-            let timeout = if (pending.any() || self.polling) && !self.failed {
-                EpollTimeout::ZERO
+            let busy = (pending.any() || self.polling) && !self.failed;
+            let n = if busy && skip_epoll > 0 {
+                skip_epoll -= 1;
+                0
             } else {
-                EpollTimeout::NONE
-            };
-            let n = match self.epoll.wait(&mut events, timeout) {
-                Ok(n) => n,
-                Err(Errno::EINTR) => continue,
-                Err(e) => {
-                    self.fault(format!("epoll_wait: {e}"));
-                    0
+                let timeout = if busy {
+                    EpollTimeout::ZERO
+                } else {
+                    EpollTimeout::NONE
+                };
+                match self.epoll.wait(&mut events, timeout) {
+                    Ok(n) => n,
+                    Err(Errno::EINTR) => continue,
+                    Err(e) => {
+                        self.fault(format!("epoll_wait: {e}"));
+                        0
+                    }
                 }
             };
             for ev in &events[..n] {
@@ -273,14 +288,16 @@ impl<Q: QueuePair> Worker<Q> {
                 tx: pending.tx && self.rings[1].runnable(),
             };
             pending = Work::default();
+            let mut moved = false;
             if let (true, Some(mem)) = (work.any(), regions) {
-                let (more, moved) = self.work(mem, work);
+                let (more, m) = self.work(mem, work);
                 pending = more;
-                if moved {
-                    self.last_work = Instant::now();
-                }
+                moved = m;
             }
-            self.poll_or_sleep(&mut pending);
+            if moved {
+                skip_epoll = EPOLL_EVERY - 1;
+            }
+            self.poll_or_sleep(&mut pending, moved);
             self.update_backend_watch();
         }
     }
@@ -376,12 +393,23 @@ impl<Q: QueuePair> Worker<Q> {
     /// Busy polling: keeps looking at the rings (without asking the driver to kick) while
     /// frames moved within the last `busy_poll`; then re-arms the driver's notifications (one
     /// more pass) and lets the loop sleep.
-    fn poll_or_sleep(&mut self, pending: &mut Work) {
+    fn poll_or_sleep(&mut self, pending: &mut Work, moved: bool) {
+        if moved {
+            // The clock is read at the first quiet pass after frames moved, not per burst.
+            self.recent = true;
+            if self.polling {
+                return;
+            }
+        }
+        if self.recent && !moved {
+            self.recent = false;
+            self.last_work = Instant::now();
+        }
         let live = self.rings.iter().any(|r| r.runnable());
         let poll = !self.busy_poll.is_zero()
             && live
             && !self.failed
-            && self.last_work.elapsed() < self.busy_poll;
+            && (moved || self.last_work.elapsed() < self.busy_poll);
         if poll != self.polling {
             self.polling = poll;
             self.engine.set_polling(poll);

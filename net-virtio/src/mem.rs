@@ -202,6 +202,15 @@ impl<'m> GuestRegions<'m> {
         Some(unsafe { r.host.add(off as usize) })
     }
 
+    /// A buffer over `len` bytes at `gpa`, when they lie in one region.
+    #[inline]
+    pub fn buf(&self, gpa: u64, len: u64) -> Option<IoBuf<'m>> {
+        let p = self.host(gpa, len)?;
+        // SAFETY: `host` checked the range lies in one region, mapped for 'm (`from_raw`'s
+        // promise).
+        Some(unsafe { IoBuf::from_raw_parts(p, len as usize) })
+    }
+
     /// A writable buffer over `len` bytes at `gpa`, when they lie in one region.
     #[inline]
     pub fn buf_mut(&self, gpa: u64, len: u64) -> Option<IoBufMut<'m>> {

@@ -78,6 +78,9 @@ pub struct RxPump {
     stats: PumpStats,
 }
 
+/// Buffers the fast path takes at once.
+const FAST_BURST: usize = 32;
+
 /// How the fast path ended.
 enum Fast {
     /// The backend has nothing: wait for its fd.
@@ -431,6 +434,10 @@ impl RxPump {
             self.min_buffer()
         };
         let mem = ring.memory();
+        let mut heads = [0u16; FAST_BURST];
+        let mut lens = [0u32; FAST_BURST];
+        let mut addrs = [0u64; FAST_BURST];
+        let mut bufs: [Option<IoBufMut<'_>>; FAST_BURST] = [None; FAST_BURST];
         loop {
             if *budget == 0 {
                 return Ok(Fast::Budget);
@@ -438,69 +445,114 @@ impl RxPump {
             if filter.is_some() || self.pending.is_some() || !self.held.is_empty() {
                 return Ok(Fast::Fallback);
             }
-            let Some(head) = ring.pop()? else {
-                return Ok(Fast::Fallback);
-            };
-            let d = ring.desc(head).unwrap_or_default();
-            let buf = (d.flags == WRITE && u64::from(d.len) >= need)
-                .then(|| mem.buf_mut(d.addr, u64::from(d.len)))
-                .flatten();
-            let Some(buf) = buf else {
-                ring.rewind(1);
-                return Ok(Fast::Fallback);
-            };
-            let frame_buf = [buf.offset(hdr_len)];
-            let Some(frame) = backend.recv(&frame_buf)? else {
-                // Not used: the guest's buffer goes back to the ring as it was.
-                ring.rewind(1);
-                return Ok(Fast::BackendEmpty);
-            };
-            *budget -= 1;
-            self.waiting = false;
-            let len = frame.len.min(frame_buf[0].len());
-            if mem.tracks_dirty() {
-                mem.mark_dirty(d.addr, hdr_len + len);
-            }
-            let route = if frame.hdr.is_plain() {
-                self.accept(None, &frame.hdr, len, &[])
-            } else {
-                let mut head_bytes = [0u8; HEAD_LEN];
-                let n = frame_buf[0]
-                    .as_buf()
-                    .read(0, &mut head_bytes[..len.min(HEAD_LEN)]);
-                self.accept(None, &frame.hdr, len, &head_bytes[..n])
-            };
-            match route {
-                Some(RxRoute::Deliver(mut hdr)) => {
-                    hdr.num_buffers = 1;
-                    let mut hbuf = [0u8; MAX_HDR];
-                    let n = self.cfg.layout.encode(&hdr, &mut hbuf).unwrap_or(hdr_len);
-                    buf.write(0, &hbuf[..n]);
-                    if ring.add_used(head, (hdr_len + len) as u32) {
-                        *done += 1;
+            // A burst of buffers first (their descriptors and translations, one after the
+            // other, so the loads overlap), then the frames into them.
+            let want = FAST_BURST.min(*budget);
+            let mut k = 0;
+            let mut misfit = false;
+            while k < want {
+                let Some(head) = ring.pop()? else {
+                    break;
+                };
+                let d = ring.desc(head).unwrap_or_default();
+                let buf = (d.flags == WRITE && u64::from(d.len) >= need)
+                    .then(|| mem.buf_mut(d.addr, u64::from(d.len)))
+                    .flatten();
+                match buf {
+                    Some(b) => {
+                        heads[k] = head;
+                        lens[k] = d.len;
+                        addrs[k] = d.addr;
+                        bufs[k] = Some(b);
+                        k += 1;
                     }
-                    self.stats.frames += 1;
-                    self.stats.bytes += len as u64;
+                    None => {
+                        // Not the fast shape: the general path takes it.
+                        ring.rewind(1);
+                        misfit = true;
+                        break;
+                    }
                 }
-                Some(RxRoute::Software) => {
-                    // The general path takes it from here, with this buffer held.
-                    self.buf.resize(len, 0);
-                    let n = frame_buf[0].as_buf().read(0, &mut self.buf);
-                    self.make_pending(RxRoute::Software, &frame.hdr, n);
-                    self.held.push_back(Held {
-                        head,
-                        nsegs: 1,
-                        cap: u64::from(d.len),
-                    });
-                    self.held_segs.push_back(Seg {
-                        addr: d.addr,
-                        len: d.len,
-                    });
-                    self.held_cap += u64::from(d.len);
-                    return Ok(Fast::Fallback);
+            }
+            if k == 0 {
+                return Ok(Fast::Fallback);
+            }
+            let mut i = 0;
+            while i < k {
+                let Some(buf) = bufs[i] else {
+                    break;
+                };
+                let frame_buf = [buf.offset(hdr_len)];
+                let received = match backend.recv(&frame_buf) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        ring.rewind((k - i) as u16);
+                        return Err(e.into());
+                    }
+                };
+                let Some(frame) = received else {
+                    // Not used: these buffers go back to the ring as they were.
+                    ring.rewind((k - i) as u16);
+                    return Ok(Fast::BackendEmpty);
+                };
+                *budget = budget.saturating_sub(1);
+                self.waiting = false;
+                let len = frame.len.min(frame_buf[0].len());
+                if mem.tracks_dirty() {
+                    mem.mark_dirty(addrs[i], hdr_len + len);
                 }
-                // Dropped (counted): the buffer goes back to the ring for the next frame.
-                None => ring.rewind(1),
+                let route = if frame.hdr.is_plain() {
+                    self.accept(None, &frame.hdr, len, &[])
+                } else {
+                    let mut head_bytes = [0u8; HEAD_LEN];
+                    let n = frame_buf[0]
+                        .as_buf()
+                        .read(0, &mut head_bytes[..len.min(HEAD_LEN)]);
+                    self.accept(None, &frame.hdr, len, &head_bytes[..n])
+                };
+                match route {
+                    Some(RxRoute::Deliver(mut hdr)) => {
+                        hdr.num_buffers = 1;
+                        let mut hbuf = [0u8; MAX_HDR];
+                        let n = self.cfg.layout.encode(&hdr, &mut hbuf).unwrap_or(hdr_len);
+                        buf.write(0, &hbuf[..n]);
+                        if ring.add_used(heads[i], (hdr_len + len) as u32) {
+                            *done += 1;
+                        }
+                        self.stats.frames += 1;
+                        self.stats.bytes += len as u64;
+                        i += 1;
+                    }
+                    Some(RxRoute::Software) => {
+                        // The general path takes it from here, with this buffer held and the
+                        // ones after it given back.
+                        self.buf.resize(len, 0);
+                        let n = frame_buf[0].as_buf().read(0, &mut self.buf);
+                        self.make_pending(RxRoute::Software, &frame.hdr, n);
+                        self.held.push_back(Held {
+                            head: heads[i],
+                            nsegs: 1,
+                            cap: u64::from(lens[i]),
+                        });
+                        self.held_segs.push_back(Seg {
+                            addr: addrs[i],
+                            len: lens[i],
+                        });
+                        self.held_cap += u64::from(lens[i]);
+                        ring.rewind((k - i - 1) as u16);
+                        return Ok(Fast::Fallback);
+                    }
+                    // Dropped (counted): the same buffer takes the next frame.
+                    None => {
+                        if *budget == 0 {
+                            ring.rewind((k - i) as u16);
+                            return Ok(Fast::Budget);
+                        }
+                    }
+                }
+            }
+            if misfit {
+                return Ok(Fast::Fallback);
             }
         }
     }
