@@ -228,13 +228,13 @@ pub fn check(mem: &GuestRegions<'_>, segs: &[Seg]) -> Result<(), ChainError> {
     Ok(())
 }
 
-/// Appends buffers over the segments, from byte `skip` on, to `out`.
+/// Calls `f` with the guest range of each segment from byte `skip` on; `f` says whether the
+/// range is guest memory.
 #[inline]
-pub fn bufs<'m>(
-    mem: &GuestRegions<'m>,
-    segs: &[Seg],
+fn ranges(
+    segs: impl IntoIterator<Item = Seg>,
     mut skip: usize,
-    out: &mut Vec<IoBuf<'m>>,
+    mut f: impl FnMut(u64, u64) -> bool,
 ) -> Result<(), ChainError> {
     for s in segs {
         let len = s.len as usize;
@@ -242,8 +242,7 @@ pub fn bufs<'m>(
             skip -= len;
             continue;
         }
-        let ok = mem.for_each_buf(s.addr + skip as u64, (len - skip) as u64, |b| out.push(b));
-        if !ok {
+        if !f(s.addr + skip as u64, (len - skip) as u64) {
             return Err(ChainError::BadAddress);
         }
         skip = 0;
@@ -251,27 +250,30 @@ pub fn bufs<'m>(
     Ok(())
 }
 
+/// Appends buffers over the segments, from byte `skip` on, to `out`.
+#[inline]
+pub fn bufs<'m>(
+    mem: &GuestRegions<'m>,
+    segs: &[Seg],
+    skip: usize,
+    out: &mut Vec<IoBuf<'m>>,
+) -> Result<(), ChainError> {
+    ranges(segs.iter().copied(), skip, |a, l| {
+        mem.for_each_buf(a, l, |b| out.push(b))
+    })
+}
+
 /// Appends writable buffers over the segments, from byte `skip` on, to `out`.
 #[inline]
 pub fn bufs_mut<'m>(
     mem: &GuestRegions<'m>,
     segs: impl IntoIterator<Item = Seg>,
-    mut skip: usize,
+    skip: usize,
     out: &mut Vec<IoBufMut<'m>>,
 ) -> Result<(), ChainError> {
-    for s in segs {
-        let len = s.len as usize;
-        if skip >= len {
-            skip -= len;
-            continue;
-        }
-        let ok = mem.for_each_buf_mut(s.addr + skip as u64, (len - skip) as u64, |b| out.push(b));
-        if !ok {
-            return Err(ChainError::BadAddress);
-        }
-        skip = 0;
-    }
-    Ok(())
+    ranges(segs, skip, |a, l| {
+        mem.for_each_buf_mut(a, l, |b| out.push(b))
+    })
 }
 
 /// Copies up to `out.len()` bytes from the segments, skipping `skip` bytes first; returns how

@@ -82,6 +82,24 @@ pub struct Steady {
     pub samples: Vec<u64>,
 }
 
+impl Steady {
+    /// The median of `samples` (`None` without any).
+    pub fn of(samples: Vec<u64>) -> Option<Steady> {
+        if samples.is_empty() {
+            return None;
+        }
+        let mut sorted = samples.clone();
+        sorted.sort_unstable();
+        let n = sorted.len();
+        let median = if n % 2 == 1 {
+            sorted[n / 2] as f64
+        } else {
+            (sorted[n / 2 - 1] + sorted[n / 2]) as f64 / 2.0
+        };
+        Some(Steady { median, samples })
+    }
+}
+
 impl Testpmd {
     /// Starts testpmd as `spec` says.
     pub fn start(spec: &Spec) -> Testpmd {
@@ -180,19 +198,7 @@ impl Testpmd {
             std::thread::sleep(Duration::from_millis(100));
         }
         let r = self.rates(key);
-        let samples: Vec<u64> = r.get(first + 1 + warmup..want.min(r.len()))?.to_vec();
-        if samples.is_empty() {
-            return None;
-        }
-        let mut sorted = samples.clone();
-        sorted.sort_unstable();
-        let n = sorted.len();
-        let median = if n % 2 == 1 {
-            sorted[n / 2] as f64
-        } else {
-            (sorted[n / 2 - 1] + sorted[n / 2]) as f64 / 2.0
-        };
-        Some(Steady { median, samples })
+        Steady::of(r.get(first + 1 + warmup..want.min(r.len()))?.to_vec())
     }
 
     /// Stops it (stdin closed and SIGINT: it prints its totals and exits) and returns
