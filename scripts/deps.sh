@@ -53,7 +53,7 @@ TEST_DEBS=(iproute2 nftables iputils-ping systemd ethtool dpdk-dev librte-net-ta
 
 # need_msix_qemu: a QEMU that runs a vhost-user-net device with MSI-X (virtio-net-pci's
 # default) under TCG, for the guest tests. Debian bookworm's QEMU 7.2 crashes there whatever
-# the backend (see net-vhostuser/tests/qemu_boot.rs), so on bookworm the bookworm-backports
+# the backend (see net-select/tests/serve_qemu.rs), so on bookworm the bookworm-backports
 # QEMU is downloaded and unpacked under target/qemu-bpo (nothing is installed, no apt source
 # is added: a private apt configuration is used for the download). A distribution QEMU 8 or
 # newer is used as it is.

@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 source scripts/deps.sh
 need_cargo
 need_debs "${BUILD_DEBS[@]}"
-exec cargo run --quiet --release -p net-select --features cli --bin volt-net -- select "$@"
+exec cargo run --quiet --release -p net-select --features cli,afxdp --bin volt-net -- select "$@"

@@ -25,14 +25,14 @@ cargo fmt --all -- --check
 log "cargo clippy"
 # test-utils too, so the examples that need it are checked.
 cargo clippy --quiet --workspace --all-targets \
-    --features net-virtio/test-utils,net-select/cli,net-select/afxdp,net-vhostuser/afxdp,net-vhostuser/test-utils \
+    --features net-virtio/test-utils,net-select/cli,net-select/afxdp,net-vhostuser/test-utils \
     -- -D warnings
 
 # With the `volt-net` command line, so its end-to-end tests run.
 run_tests --workspace --features net-select/cli
 # AF_XDP behind the facade and behind `volt-net serve --backend afxdp`.
 run_tests -p net-select --features afxdp --test facade
-run_tests -p net-vhostuser --features afxdp --test dpdk_vhost_frontend
+run_tests -p net-select --features cli,afxdp --test vhost_frontend
 # A VMM that embeds these crates must not need a C toolchain or a C library.
 # (netlink-sys is plain Rust over the socket API, despite its name.)
 for crate in net-api net-virtio net-macvtap net-select; do

@@ -54,30 +54,12 @@ pub struct Requirements {
     pub zero_copy: bool,
 }
 
-/// A macvtap mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MacvtapMode {
-    /// Siblings talk in the kernel.
-    Bridge,
-    /// No traffic between siblings.
-    Private,
-    /// Sibling traffic through the external switch.
-    Vepa,
-    /// One macvtap owns the NIC.
-    Passthru,
-}
+/// A macvtap mode: net-macvtap's, the one the links are made with.
+pub use net_macvtap::netlink::MacvtapMode;
 
-impl MacvtapMode {
-    /// networkd's and iproute2's word.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            MacvtapMode::Bridge => "bridge",
-            MacvtapMode::Private => "private",
-            MacvtapMode::Vepa => "vepa",
-            MacvtapMode::Passthru => "passthru",
-        }
-    }
+/// Serializes a macvtap mode as its word (`bridge`, ...).
+fn mode_word<S: serde::Serializer>(mode: &MacvtapMode, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(mode.as_str())
 }
 
 /// The backend chosen.
@@ -92,6 +74,7 @@ pub enum Choice {
     /// A macvtap on the interface.
     Macvtap {
         /// Its mode.
+        #[serde(serialize_with = "mode_word")]
         mode: MacvtapMode,
     },
     /// The VM's queues go to an external vhost-user switch.

@@ -224,16 +224,9 @@ fn open_macvtap(
     mode: crate::decide::MacvtapMode,
     opts: &OpenOptions,
 ) -> Result<Opened, OpenError> {
-    use crate::decide::MacvtapMode as M;
-    use net_macvtap::netlink::{MacvtapMode, Netlink};
-    let kernel_mode = match mode {
-        M::Bridge => MacvtapMode::Bridge,
-        M::Private => MacvtapMode::Private,
-        M::Vepa => MacvtapMode::Vepa,
-        M::Passthru => MacvtapMode::Passthru,
-    };
+    use net_macvtap::netlink::Netlink;
     let mut nl = Netlink::open()?;
-    nl.create_macvtap(&opts.name, lower, kernel_mode, opts.mac, opts.queues)?;
+    nl.create_macvtap(&opts.name, lower, mode, opts.mac, opts.queues)?;
     // From here the link is ours: deleted if anything below fails.
     let cleanup = |e: OpenError, nl: &mut Netlink| {
         let _ = nl.delete(&opts.name);

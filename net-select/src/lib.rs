@@ -10,12 +10,17 @@
 //! - [`facade`]: opens the choice as a `net-api` backend (or a frontend to an external
 //!   switch). The backend crates are re-exported behind cargo features `macvtap`, `vhostuser`
 //!   (both default) and `afxdp`; without `afxdp` nothing needs clang or libelf.
+//! - [`serve`] (feature `cli`): the vhost-user-net daemon's entry point, `volt-net serve` and
+//!   `volt-net-serve`: it opens the host side (TAP, macvtap, AF_XDP, loopback) and hands it to
+//!   `net_vhostuser::server`.
 //! - The `volt-net` command line (feature `cli`): `probe`, `select`, `networkd`, `serve`.
 
 pub mod decide;
 pub mod facade;
 mod genl;
 pub mod probe;
+#[cfg(feature = "cli")]
+pub mod serve;
 
 pub use genl::DevXdp;
 

@@ -11,8 +11,10 @@
 //!   engine, the rings, kick and call eventfds);
 //! - [`wire`]: messages read with bounds and checked into typed requests;
 //! - [`memory`]: the frontend's memory table, mapped;
-//! - [`device`]: what a backend is offered as (features, queue pairs, ring sizes);
-//! - [`serve`]: the daemon's command line (`volt-net-serve`, `volt-net serve`).
+//! - [`device`]: what a backend is offered as (features, queue pairs, ring sizes).
+//!
+//! The daemon's command line (`volt-net serve`, `volt-net-serve`), which opens the host side,
+//! lives in `net-select`: this crate only serves the `net_api::Backend` it is given.
 //!
 //! And the other way round, [`frontend`]: a VMM hands its virtio-net queues and memfd-backed
 //! guest memory to an external vhost-user backend (DPDK, OVS-DPDK), and recovers when that
@@ -40,7 +42,6 @@ pub mod frontend;
 #[cfg(feature = "test-utils")]
 pub mod harness;
 pub mod memory;
-pub mod serve;
 pub mod server;
 pub mod session;
 pub mod wire;

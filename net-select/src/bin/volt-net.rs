@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use net_api::MacAddr;
-use net_select::decide::{self, Decision, NoBackend, Requirements};
+use net_select::decide::{self, Decision, MacvtapMode, NoBackend, Requirements};
 use net_select::probe::{self, Interface, LinkKind, System};
 use serde::Serialize;
 
@@ -41,7 +41,7 @@ enum Cmd {
     /// Write the systemd-networkd files for a VM's macvtap on a lower link.
     Networkd(NetworkdArgs),
     /// Serve a backend to a vhost-user frontend (QEMU, Cloud Hypervisor, DPDK).
-    Serve(net_vhostuser::serve::ServeArgs),
+    Serve(net_select::serve::ServeArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -75,14 +75,6 @@ struct SelectArgs {
     json: bool,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Mode {
-    Bridge,
-    Private,
-    Vepa,
-    Passthru,
-}
-
 #[derive(clap::Args, Debug)]
 struct NetworkdArgs {
     /// The VM's UUID.
@@ -95,8 +87,8 @@ struct NetworkdArgs {
     #[arg(long)]
     name: Option<String>,
     /// The macvtap mode.
-    #[arg(long, value_enum, default_value_t = Mode::Bridge)]
-    mode: Mode,
+    #[arg(long, default_value_t = MacvtapMode::Bridge)]
+    mode: MacvtapMode,
     /// The guest's MAC (default: locally administered, from the UUID).
     #[arg(long)]
     mac: Option<MacAddr>,
@@ -109,15 +101,22 @@ struct NetworkdArgs {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+    let cli = Cli::parse();
+    // The daemon says what it does (a line per session, refusal and fault); the one-shot
+    // commands print their answer and only warn in the log.
+    let level = if matches!(cli.cmd, Cmd::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
         .format_timestamp(None)
         .init();
-    let cli = Cli::parse();
     let res = match cli.cmd {
         Cmd::Probe { iface, json } => probe_cmd(iface.as_deref(), json),
         Cmd::Select(a) => select_cmd(&a),
         Cmd::Networkd(a) => networkd_cmd(&a),
-        Cmd::Serve(a) => return net_vhostuser::serve::run(&a),
+        Cmd::Serve(a) => return net_select::serve::run(&a),
     };
     match res {
         Ok(code) => code,
@@ -322,7 +321,6 @@ fn select_cmd(a: &SelectArgs) -> Result<ExitCode, String> {
 }
 
 fn networkd_cmd(a: &NetworkdArgs) -> Result<ExitCode, String> {
-    use net_macvtap::netlink::MacvtapMode;
     use net_macvtap::networkd::{check_uuid, render_all, VmLink};
     let uuid = check_uuid(&a.vm).map_err(|e| e.to_string())?;
     let hex: String = uuid.chars().filter(|c| *c != '-').collect();
@@ -344,12 +342,7 @@ fn networkd_cmd(a: &NetworkdArgs) -> Result<ExitCode, String> {
         uuid,
         name,
         lower: a.iface.clone(),
-        mode: match a.mode {
-            Mode::Bridge => MacvtapMode::Bridge,
-            Mode::Private => MacvtapMode::Private,
-            Mode::Vepa => MacvtapMode::Vepa,
-            Mode::Passthru => MacvtapMode::Passthru,
-        },
+        mode: a.mode,
         mac,
     };
     let files = render_all(None, std::slice::from_ref(&vm)).map_err(|e| e.to_string())?;

@@ -1,6 +1,7 @@
-//! `volt-net serve`: the vhost-user-net daemon over a TAP, a macvtap or a loopback, as a
-//! command-line entry point ([`ServeArgs`], [`run`]) shared by the `volt-net-serve` binary
-//! and `volt-net serve`.
+//! `volt-net serve`: the vhost-user-net daemon over a TAP, a macvtap, AF_XDP or a loopback,
+//! as a command-line entry point ([`ServeArgs`], [`run`]) shared by the `volt-net-serve`
+//! binary and `volt-net serve` (cargo feature `cli`). It opens the host side here, where the
+//! other backends are opened too; `net-vhostuser` only serves a `net_api::Backend` it is given.
 //!
 //! It listens on the socket, serves one frontend at a time, logs a line per session and per
 //! error, and keeps serving when a frontend goes away (QEMU reconnects with `reconnect=1`).
@@ -22,8 +23,8 @@ use net_macvtap::tap::{Macvtap, Tap};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-use crate::device::ServeConfig;
-use crate::server::Server;
+use net_vhostuser::device::{ServeConfig, DEFAULT_BUSY_POLL_US};
+use net_vhostuser::server::Server;
 
 /// The host side of the daemon.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -34,8 +35,8 @@ pub enum Kind {
     Macvtap,
     /// An in-memory loopback that echoes frames back (for tests).
     Loopback,
-    /// AF_XDP sockets on an interface (native XDP, copy mode; `--mac` is the guest's).
-    #[cfg(feature = "afxdp")]
+    /// AF_XDP sockets on an interface (native XDP, copy mode; `--mac` is the guest's). Needs
+    /// a build with the `afxdp` cargo feature.
     Afxdp,
 }
 
@@ -78,7 +79,7 @@ pub struct ServeArgs {
     pub handshake_timeout: u64,
     /// How long a worker keeps polling its rings after frames last moved, in microseconds,
     /// before it sleeps until the frontend kicks (0: never poll).
-    #[arg(long, default_value_t = crate::device::DEFAULT_BUSY_POLL_US)]
+    #[arg(long, default_value_t = DEFAULT_BUSY_POLL_US)]
     pub busy_poll_us: u64,
 }
 
@@ -145,17 +146,7 @@ pub fn run(args: &ServeArgs) -> ExitCode {
             .map_err(|e| e.to_string())
             .and_then(|b| serve(args, b, cfg, &stop)),
         },
-        #[cfg(feature = "afxdp")]
-        Kind::Afxdp => {
-            let iface = args.iface.clone().unwrap_or_default();
-            let mac = args.mac.unwrap_or(MacAddr([0x02, 0, 0, 0, 0, 1]));
-            net_afxdp::AfXdp::open(net_afxdp::AfXdpConfig {
-                queues: args.queues,
-                ..net_afxdp::AfXdpConfig::new(&iface, mac)
-            })
-            .map_err(|e| e.to_string())
-            .and_then(|b| serve(args, b, cfg, &stop))
-        }
+        Kind::Afxdp => afxdp(args, cfg, &stop),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -164,6 +155,27 @@ pub fn run(args: &ServeArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+#[cfg(feature = "afxdp")]
+fn afxdp(args: &ServeArgs, cfg: ServeConfig, stop: &SignalFd) -> Result<(), String> {
+    let iface = args.iface.clone().unwrap_or_default();
+    let mac = args.mac.unwrap_or(MacAddr([0x02, 0, 0, 0, 0, 1]));
+    net_afxdp::AfXdp::open(net_afxdp::AfXdpConfig {
+        queues: args.queues,
+        ..net_afxdp::AfXdpConfig::new(&iface, mac)
+    })
+    .map_err(|e| e.to_string())
+    .and_then(|b| serve(args, b, cfg, stop))
+}
+
+#[cfg(not(feature = "afxdp"))]
+fn afxdp(_: &ServeArgs, _: ServeConfig, _: &SignalFd) -> Result<(), String> {
+    Err(
+        "this volt-net was built without AF_XDP: build it with the `afxdp` cargo feature \
+         (cargo build --release -p net-select --features cli,afxdp; needs clang and libelf)"
+            .into(),
+    )
 }
 
 /// A loopback whose far end sends every frame straight back.

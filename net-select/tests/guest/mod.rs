@@ -61,7 +61,7 @@ pub const NET_MARKER: &str = "VOLT-NET ";
 
 /// The guest's `/init` (busybox `sh`). Part of the cache key: editing it rebuilds the image.
 pub const INIT_SCRIPT: &str = r#"#!/bin/busybox sh
-# volt-net test guest; built by net-vhostuser/tests/guest/mod.rs.
+# volt-net test guest; built by net-select/tests/guest/mod.rs.
 /bin/busybox mount -t proc proc /proc
 /bin/busybox --install -s /bin
 export PATH=/bin

@@ -3,13 +3,13 @@
 //! ```text
 //! volt-net-serve --socket /run/vm0.sock --backend tap --iface vm0tap --queues 2
 //! ```
-//! The same as `volt-net serve` (see `net_vhostuser::serve`), for VMM set-ups that want the
+//! The same as `volt-net serve` (see `net_select::serve`), for VMM set-ups that want the
 //! daemon without the rest of the command line.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use net_vhostuser::serve::{run, ServeArgs};
+use net_select::serve::{run, ServeArgs};
 
 /// Serve a volt-net backend to a vhost-user frontend.
 #[derive(Parser, Debug)]
