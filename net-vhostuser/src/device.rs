@@ -56,6 +56,9 @@ pub enum ServeError {
     /// The socket.
     #[error("{0}")]
     Socket(String),
+    /// The process could not be set up (a signal handler).
+    #[error("{0}")]
+    Process(String),
     /// The backend failed.
     #[error(transparent)]
     Backend(#[from] net_api::Error),

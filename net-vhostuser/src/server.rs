@@ -115,8 +115,12 @@ impl<B: Backend> Server<B>
 where
     B::Queue: Send,
 {
-    /// Opens the backend's queue pairs and listens on `socket` (mode 0600).
+    /// Opens the backend's queue pairs and listens on `socket` (mode 0600). Installs the
+    /// handler that contains a frontend shrinking its memory files
+    /// ([`crate::memory::contain_sigbus`]).
     pub fn new(socket: &Path, mut backend: B, cfg: ServeConfig) -> Result<Self, ServeError> {
+        crate::memory::contain_sigbus()
+            .map_err(|e| ServeError::Process(format!("installing the SIGBUS handler: {e}")))?;
         let device = Device::new(backend.name(), backend.capabilities(), cfg)?;
         let mut engines = Vec::new();
         for i in 0..device.cfg.queue_pairs {

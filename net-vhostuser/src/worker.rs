@@ -508,6 +508,14 @@ impl<Q: QueuePair> Worker<Q> {
     }
 
     fn after(&mut self, res: Result<net_virtio::RunOutcome, EngineError>) -> (Work, bool) {
+        if self.memory.as_ref().is_some_and(|m| m.faulted()) {
+            // What the pass read after the fault was zero pages: nothing of it counts.
+            self.fault(
+                "the frontend shrank a memory file under the datapath (SIGBUS contained, the session ends)"
+                    .into(),
+            );
+            return (Work::default(), false);
+        }
         match res {
             Ok(out) => {
                 for (side, notify) in [(Side::Rx, out.notify_rx), (Side::Tx, out.notify_tx)] {
