@@ -32,7 +32,7 @@ cargo clippy --quiet --workspace --all-targets \
 run_tests --workspace --features net-select/cli
 # AF_XDP behind the facade and behind `volt-net serve --backend afxdp`.
 run_tests -p net-select --features afxdp --test facade
-run_tests -p net-select --features cli,afxdp --test vhost_frontend
+run_tests -p net-select --features cli,afxdp --test vhost_frontend --test serve_links
 # A VMM that embeds these crates must not need a C toolchain or a C library.
 # (netlink-sys is plain Rust over the socket API, despite its name.)
 for crate in net-api net-virtio net-macvtap net-select; do

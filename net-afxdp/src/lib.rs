@@ -420,6 +420,13 @@ impl AfXdp {
         self.vm.iface.steering.mode()
     }
 
+    /// Attaches the XDP program again if someone detached it or replaced it with another
+    /// (`ip link set dev X xdp off`, another tool): `Some` says what was found and done. A
+    /// daemon calls it now and then (the kernel says nothing when a program goes).
+    pub fn ensure_attached(&self) -> Result<Option<String>, Error> {
+        self.vm.iface.steering.ensure()
+    }
+
     fn bind(&self, index: u16, zero_copy: bool) -> Result<Bound, Error> {
         let iface = &self.vm.iface;
         let ring = QueueSize::new(iface.ring_size).map_err(|e| Error::Config(e.to_string()))?;
@@ -573,6 +580,7 @@ impl Backend for AfXdp {
             scratch: vec![FrameDesc::default(); 64],
             room: (iface.frame_size - XDP_HEADROOM) as usize,
             zero_copy,
+            link_down: false,
             stats: QueueStats::default(),
         };
         q.set_attached(true)?;
@@ -654,6 +662,8 @@ pub struct AfXdpQueue {
     /// Bytes a chunk holds (frame size less headroom).
     room: usize,
     zero_copy: bool,
+    /// The last wakeup said the link is down (ENETDOWN).
+    link_down: bool,
     stats: QueueStats,
 }
 
@@ -673,6 +683,17 @@ impl AfXdpQueue {
     /// Whether the socket is bound zero-copy.
     pub fn zero_copy(&self) -> bool {
         self.zero_copy
+    }
+
+    /// Tries a wakeup: whether the link is still down (ENETDOWN).
+    fn link_still_down(&mut self) -> bool {
+        match self.tx.wakeup() {
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENETDOWN) => true,
+            _ => {
+                self.link_down = false;
+                false
+            }
+        }
     }
 
     /// The kernel's counters for the socket (drops for a full RX or empty fill ring...).
@@ -807,12 +828,21 @@ impl QueuePair for AfXdpQueue {
         }
         // SAFETY: the batch's chunks are this UMEM's, written above, in no ring.
         let n = unsafe { self.tx.produce(&batch) };
-        // A full TX ring: what did not fit goes back, and is not taken from the caller.
+        // A full TX ring: what did not fit goes back. While the link is down nothing drains
+        // the ring (copy mode sends on wakeups, which fail): those frames are dropped, as a
+        // NIC without carrier drops them, rather than waiting for a writability that would
+        // never come. Otherwise they are not taken from the caller.
         let unsent = batch.len() - n;
         if unsent > 0 {
             self.tx_cache.extend(batch.drain(n..));
-            done -= unsent;
-            self.stats.tx_would_block += 1;
+            if self.link_down && self.link_still_down() {
+                for _ in 0..unsent {
+                    self.stats.tx_drops.add(DropReason::LinkDown);
+                }
+            } else {
+                done -= unsent;
+                self.stats.tx_would_block += 1;
+            }
         }
         for d in &batch {
             self.stats.count_tx(d.lengths().data());
@@ -825,12 +855,23 @@ impl QueuePair for AfXdpQueue {
             if !self.tx.needs_wakeup() {
                 break;
             }
-            if let Err(e) = self.tx.wakeup() {
-                return Err(net_api::Error::Io {
-                    op: "sendto (AF_XDP wakeup)",
-                    target: self.target.clone(),
-                    source: e,
-                });
+            match self.tx.wakeup() {
+                Ok(()) => self.link_down = false,
+                // The link is down: the frames wait in the ring for the next wakeup.
+                Err(e) if e.raw_os_error() == Some(nix::libc::ENETDOWN) => {
+                    if !self.link_down {
+                        warn!("{}: the link is down; frames wait in the ring", self.target);
+                    }
+                    self.link_down = true;
+                    break;
+                }
+                Err(e) => {
+                    return Err(net_api::Error::Io {
+                        op: "sendto (AF_XDP wakeup)",
+                        target: self.target.clone(),
+                        source: e,
+                    })
+                }
             }
             if self.tx.nb_free(ring) >= ring {
                 break;

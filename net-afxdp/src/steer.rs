@@ -11,6 +11,7 @@
 //! saying which. Nothing is pinned: no bpffs mount is needed.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
 use libbpf_rs::query::{ProgInfoIter, ProgInfoQueryOptions};
@@ -35,7 +36,7 @@ pub(crate) struct Steering {
     ifindex: u32,
     mode: AttachMode,
     /// The attached program's id (what Drop detaches, and only that).
-    prog_id: u32,
+    prog_id: AtomicU32,
     prog: OwnedFd,
     macs: MapHandle,
     bcast: MapHandle,
@@ -101,6 +102,53 @@ fn alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// The other processes holding an fd of program `id` (pid, command), and whether some
+/// process's fds could not be read (without CAP_SYS_PTRACE, say).
+fn holders(id: u32) -> (Vec<(u32, String)>, bool) {
+    let me = std::process::id();
+    let mut out = Vec::new();
+    let mut incomplete = false;
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return (out, true);
+    };
+    let want = id.to_string();
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            incomplete |= alive(pid);
+            continue;
+        };
+        for fd in fds.flatten() {
+            if std::fs::read_link(fd.path())
+                .map_or(true, |t| t.as_os_str() != "anon_inode:bpf-prog")
+            {
+                continue;
+            }
+            let info = std::fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                fd.file_name().to_string_lossy()
+            ))
+            .unwrap_or_default();
+            let held = info
+                .lines()
+                .any(|l| l.strip_prefix("prog_id:").is_some_and(|v| v.trim() == want));
+            if held {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .map(|c| c.trim().to_string())
+                    .unwrap_or_default();
+                out.push((pid, comm));
+                break;
+            }
+        }
+    }
+    (out, incomplete)
+}
+
 impl Steering {
     /// Loads the program and attaches it to `ifname` (replacing a stale one of ours).
     pub(crate) fn attach(ifname: &str, ifindex: u32, mode: AttachMode) -> Result<Steering, Error> {
@@ -147,22 +195,29 @@ impl Steering {
         // stops us.
         for (id, f) in attached(ifindex, prog.as_fd()) {
             match identify(id) {
-                Some((name, owner)) if name == PROGRAM => match owner {
-                    Some(pid) if pid != std::process::id() && alive(pid) => {
+                Some((name, owner)) if name == PROGRAM => {
+                    // Who holds the program (the owner keeps its fd) decides; the pid in its
+                    // map only helps when the holders cannot all be read.
+                    let (held, incomplete) = holders(id);
+                    let live = owner.filter(|&p| p != std::process::id() && alive(p));
+                    if let Some((pid, comm)) = held.first() {
                         return Err(Error::Busy(format!(
-                            "{ifname} is steered by volt-net process {pid} (XDP program id {id}): the VMs of one interface belong to one process"
-                        )))
+                            "{ifname} is steered by volt-net process {pid} ({comm}, XDP program id {id}): the VMs of one interface belong to one process; stop that one or use another interface"
+                        )));
                     }
-                    _ => {
-                        info!(
-                            "{ifname}: replacing a stale volt-net XDP program (id {id}, owner {} gone)",
-                            owner.map_or("unknown".into(), |p| p.to_string())
-                        );
-                        Xdp::new(prog.as_fd())
-                            .detach(ifindex as i32, XdpFlags::from_bits_retain(f))
-                            .map_err(|e| bpf_err(ifname, "detaching a stale program", e))?;
+                    if let (true, Some(pid)) = (incomplete, live) {
+                        return Err(Error::Busy(format!(
+                            "{ifname} has volt-net's XDP program (id {id}) recorded as owned by process {pid}, which runs, and not every process's fds could be read: stop it, or run with CAP_SYS_PTRACE to let this check see who holds the program"
+                        )));
                     }
-                },
+                    info!(
+                        "{ifname}: replacing a stale volt-net XDP program (id {id}; no process holds it{})",
+                        owner.map_or(String::new(), |p| format!(", its owner {p} is gone"))
+                    );
+                    Xdp::new(prog.as_fd())
+                        .detach(ifindex as i32, XdpFlags::from_bits_retain(f))
+                        .map_err(|e| bpf_err(ifname, "detaching a stale program", e))?;
+                }
                 Some((name, _)) => {
                     return Err(Error::Busy(format!(
                         "{ifname} has an XDP program that is not volt-net's (id {id}, name '{name}'): detach it (ip link set dev {ifname} xdp off) or use another interface"
@@ -197,7 +252,7 @@ impl Steering {
             ifname: ifname.to_string(),
             ifindex,
             mode,
-            prog_id,
+            prog_id: AtomicU32::new(prog_id),
             prog,
             macs,
             bcast,
@@ -209,6 +264,38 @@ impl Steering {
     /// The mode the program runs in.
     pub(crate) fn mode(&self) -> AttachMode {
         self.mode
+    }
+
+    /// Attaches the program again if someone detached or replaced it; what was found, when
+    /// it had to.
+    pub(crate) fn ensure(&self) -> Result<Option<String>, Error> {
+        let ours = self.prog_id.load(Ordering::Acquire);
+        let now = attached(self.ifindex, self.prog.as_fd());
+        if now.iter().any(|&(id, _)| id == ours) {
+            return Ok(None);
+        }
+        let xdp = Xdp::new(self.prog.as_fd());
+        let what = match now.first() {
+            None => "volt-net's XDP program had been detached (not by this daemon)".to_string(),
+            Some(&(id, f)) => {
+                let name = identify(id).map_or_else(|| "?".into(), |(n, _)| n);
+                xdp.detach(self.ifindex as i32, XdpFlags::from_bits_retain(f))
+                    .map_err(|e| {
+                        bpf_err(&self.ifname, "detaching the program that replaced ours", e)
+                    })?;
+                format!("volt-net's XDP program had been replaced by program id {id} ('{name}'), which is detached")
+            }
+        };
+        xdp.attach(
+            self.ifindex as i32,
+            flags(self.mode) | XdpFlags::UPDATE_IF_NOEXIST,
+        )
+        .map_err(|e| bpf_err(&self.ifname, "attaching the XDP program again", e))?;
+        let id = xdp
+            .query_id(self.ifindex as i32, flags(self.mode))
+            .unwrap_or(0);
+        self.prog_id.store(id, Ordering::Release);
+        Ok(Some(format!("{what}; attached it again (id {id})")))
     }
 
     /// Registers a VM: its MAC, and broadcast/multicast if it asks.
@@ -316,16 +403,17 @@ impl Drop for Steering {
     fn drop(&mut self) {
         // Detach only what is still ours (someone may have replaced it meanwhile).
         let xdp = Xdp::new(self.prog.as_fd());
+        let ours = self.prog_id.load(Ordering::Acquire);
         match xdp.query_id(self.ifindex as i32, flags(self.mode)) {
-            Ok(id) if id != 0 && id == self.prog_id => {
+            Ok(id) if id != 0 && id == ours => {
                 match xdp.detach(self.ifindex as i32, flags(self.mode)) {
                     Ok(()) => info!("{}: volt-net XDP program detached", self.ifname),
                     Err(e) => warn!("{}: detaching the XDP program: {e}", self.ifname),
                 }
             }
             Ok(id) if id != 0 => warn!(
-                "{}: the XDP program is no longer ours (id {id}, ours was {}): left alone",
-                self.ifname, self.prog_id
+                "{}: the XDP program is no longer ours (id {id}, ours was {ours}): left alone",
+                self.ifname
             ),
             _ => {}
         }

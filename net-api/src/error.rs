@@ -70,3 +70,27 @@ pub enum Error {
 
 /// Shorthand for results of this crate.
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// Claims queue pair `index` of `backend` in `open` (a flag per queue pair, set while one is
+/// open; the queue pair clears it when dropped): `NoSuchQueue` past the end, `QueueInUse`
+/// when it is claimed already.
+pub fn claim_queue<'a, F: std::borrow::Borrow<std::sync::atomic::AtomicBool>>(
+    open: &'a [F],
+    backend: &str,
+    index: u16,
+) -> Result<&'a std::sync::atomic::AtomicBool> {
+    let Some(flag) = open.get(usize::from(index)).map(|f| f.borrow()) else {
+        return Err(Error::NoSuchQueue {
+            backend: backend.to_string(),
+            index,
+            max: u16::try_from(open.len()).unwrap_or(u16::MAX),
+        });
+    };
+    if flag.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        return Err(Error::QueueInUse {
+            backend: backend.to_string(),
+            index,
+        });
+    }
+    Ok(flag)
+}

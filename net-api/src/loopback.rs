@@ -164,20 +164,15 @@ impl Backend for Loopback {
 
     fn open_queue_pair(&mut self, index: u16) -> Result<LoopbackQueue> {
         let i = usize::from(index);
-        let (Some(tx), Some(rx), Some(open)) = (self.tx.get(i), self.rx.get(i), self.open.get(i))
-        else {
+        let open = crate::error::claim_queue(&self.open, &self.name, index)?;
+        let (Some(tx), Some(rx)) = (self.tx.get(i), self.rx.get(i)) else {
+            open.store(false, Ordering::Release);
             return Err(Error::NoSuchQueue {
                 backend: self.name.clone(),
                 index,
                 max: self.caps.max_queue_pairs,
             });
         };
-        if open.swap(true, Ordering::AcqRel) {
-            return Err(Error::QueueInUse {
-                backend: self.name.clone(),
-                index,
-            });
-        }
         rx.attached.store(true, Ordering::Release);
         Ok(LoopbackQueue {
             index,
@@ -185,7 +180,7 @@ impl Backend for Loopback {
             tx: Arc::clone(tx),
             peers: Arc::clone(&self.tx),
             rx: Arc::clone(rx),
-            open: Arc::clone(open),
+            open: Arc::clone(&self.open[i]),
             rx_enabled: OffloadSet::NONE,
             stats: QueueStats::default(),
         })

@@ -19,11 +19,13 @@ pub enum DropReason {
     Filtered,
     /// The host side refused the frame (a write error that concerns this frame only).
     HostError,
+    /// The host side's link was gone (deleted, not yet back): the frame had nowhere to go.
+    LinkDown,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::MalformedHeader,
         DropReason::UnsupportedOffload,
         DropReason::TooLarge,
@@ -31,6 +33,7 @@ impl DropReason {
         DropReason::Runt,
         DropReason::Filtered,
         DropReason::HostError,
+        DropReason::LinkDown,
     ];
 
     /// A short name for logs and tables.
@@ -43,6 +46,7 @@ impl DropReason {
             DropReason::Runt => "runt",
             DropReason::Filtered => "filtered",
             DropReason::HostError => "host-error",
+            DropReason::LinkDown => "link-down",
         }
     }
 
@@ -75,6 +79,13 @@ impl Drops {
     /// All drops.
     pub fn total(&self) -> u64 {
         self.0.iter().fold(0u64, |a, b| a.wrapping_add(*b))
+    }
+
+    /// Adds every counter of `other`.
+    pub fn absorb(&mut self, other: &Drops) {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a = a.wrapping_add(b);
+        }
     }
 
     /// The non-zero counters.
@@ -116,6 +127,17 @@ impl QueueStats {
     pub fn count_tx(&mut self, len: usize) {
         self.tx_packets = self.tx_packets.wrapping_add(1);
         self.tx_bytes = self.tx_bytes.wrapping_add(len as u64);
+    }
+
+    /// Adds every counter of `other` (a queue that was replaced, say).
+    pub fn absorb(&mut self, other: &QueueStats) {
+        self.rx_packets = self.rx_packets.wrapping_add(other.rx_packets);
+        self.rx_bytes = self.rx_bytes.wrapping_add(other.rx_bytes);
+        self.tx_packets = self.tx_packets.wrapping_add(other.tx_packets);
+        self.tx_bytes = self.tx_bytes.wrapping_add(other.tx_bytes);
+        self.tx_would_block = self.tx_would_block.wrapping_add(other.tx_would_block);
+        self.rx_drops.absorb(&other.rx_drops);
+        self.tx_drops.absorb(&other.tx_drops);
     }
 }
 

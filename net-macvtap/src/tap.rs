@@ -363,7 +363,7 @@ fn open_dev_node(ifname: &str, index: u32, queues: u16) -> Result<Vec<OwnedFd>> 
 /// namespace while `/dev` is global, and a namespace being torn down removes "its" node even
 /// when another device of the same ifindex now exists. So a helper thread (in the caller's
 /// network namespace) unshares its mount namespace, mounts a sysfs (which shows the mounting
-/// thread's network namespace) and a tmpfs over `/sys` and `/tmp` there, reads
+/// thread's network namespace) inside a tmpfs over `/tmp` there, reads
 /// `class/net/<ifname>/macvtap/tap<index>/dev`, makes the node, opens it `queues` times and
 /// ends: the mounts vanish with its mount namespace, the fds stay. Needs CAP_SYS_ADMIN (EPERM
 /// otherwise).
@@ -386,28 +386,10 @@ fn open_via_private_sysfs(ifname: &str, index: u32, queues: u16) -> io::Result<V
                 None::<&str>,
             )
             .map_err(io::Error::from)?;
-            let quiet = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
-            mount(
-                Some("sysfs"),
-                "/sys",
-                Some("sysfs"),
-                quiet | MsFlags::MS_RDONLY,
-                None::<&str>,
-            )
-            .map_err(io::Error::from)?;
-            let dev =
-                std::fs::read_to_string(format!("/sys/class/net/{name}/macvtap/tap{index}/dev"))
-                    .map_err(|e| {
-                        io::Error::new(
-                            e.kind(),
-                            format!("{e}: {name} is not a macvtap in this namespace"),
-                        )
-                    })?;
-            let (major, minor) = dev
-                .trim()
-                .split_once(':')
-                .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
-                .ok_or_else(|| io::Error::other(format!("unexpected device number '{dev}'")))?;
+            // A tmpfs of our own holds this namespace's sysfs and the device node. sysfs is
+            // not mounted over /sys: under `ip netns exec` /sys is this namespace's sysfs
+            // already, and the kernel refuses the same file system twice on one mount point
+            // (EBUSY).
             mount(
                 Some("tmpfs"),
                 "/tmp",
@@ -416,6 +398,30 @@ fn open_via_private_sysfs(ifname: &str, index: u32, queues: u16) -> io::Result<V
                 Some("size=64k,mode=700"),
             )
             .map_err(io::Error::from)?;
+            std::fs::create_dir("/tmp/sys")?;
+            let quiet = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
+            mount(
+                Some("sysfs"),
+                "/tmp/sys",
+                Some("sysfs"),
+                quiet | MsFlags::MS_RDONLY,
+                None::<&str>,
+            )
+            .map_err(io::Error::from)?;
+            let dev = std::fs::read_to_string(format!(
+                "/tmp/sys/class/net/{name}/macvtap/tap{index}/dev"
+            ))
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("{e}: {name} is not a macvtap in this namespace"),
+                )
+            })?;
+            let (major, minor) = dev
+                .trim()
+                .split_once(':')
+                .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+                .ok_or_else(|| io::Error::other(format!("unexpected device number '{dev}'")))?;
             let node = format!("/tmp/tap{index}");
             mknod(
                 node.as_str(),
@@ -535,6 +541,7 @@ impl Device {
             index,
             target: format!("{} queue {index}", self.backend_name()),
             fd,
+            detached: false,
             stats: QueueStats::default(),
             hdr: [0; VNET_HDR_LEN],
             iov: Iovecs(Vec::with_capacity(MAX_IOVECS + 1)),
@@ -746,6 +753,8 @@ pub struct TapQueue {
     index: u16,
     target: String,
     fd: OwnedFd,
+    /// Detached with `set_attached(false)`: EBADFD is then expected, not a device gone.
+    detached: bool,
     stats: QueueStats,
     hdr: [u8; VNET_HDR_LEN],
     /// The iovecs of one `writev`/`readv`, reused: the header, then the frame's buffers.
@@ -859,6 +868,14 @@ impl TapQueue {
         }
     }
 
+    /// The device was deleted under the queue (tun answers EBADFD, and polls EPOLLERR).
+    fn gone(&self) -> Error {
+        Error::Disconnected {
+            target: self.target.clone(),
+            why: "the device was deleted".into(),
+        }
+    }
+
     fn set_queue(&mut self, attach: bool) -> Result<()> {
         let flag = if attach {
             libc::IFF_ATTACH_QUEUE
@@ -875,6 +892,7 @@ impl TapQueue {
             Err(Errno::EINVAL) => {}
             Err(e) => return Err(io_err("TUNSETQUEUE", &self.target, e)),
         }
+        self.detached = !attach;
         if attach {
             self.apply_offloads()?;
         }
@@ -918,12 +936,13 @@ impl QueuePair for TapQueue {
                 Err(Errno::EIO | Errno::ENOMEM | Errno::ENOBUFS | Errno::EFAULT) => {
                     self.stats.tx_drops.add(DropReason::HostError)
                 }
-                Err(Errno::EBADFD) => {
+                Err(Errno::EBADFD) if self.detached => {
                     return Err(Error::InvalidConfig {
                         what: "queue state",
                         why: format!("{} is detached: attach it before sending", self.target),
                     })
                 }
+                Err(Errno::EBADFD) => return Err(self.gone()),
                 Err(e) => return Err(io_err("writev", &self.target, e)),
             }
         }
@@ -941,7 +960,8 @@ impl QueuePair for TapQueue {
                     Err(Errno::EAGAIN) => return Ok(None),
                     Err(Errno::EINTR) => continue,
                     // A detached queue has nothing to read.
-                    Err(Errno::EBADFD) => return Ok(None),
+                    Err(Errno::EBADFD) if self.detached => return Ok(None),
+                    Err(Errno::EBADFD) => return Err(self.gone()),
                     // tun refuses to deliver one frame it cannot describe (an unexpected
                     // GSO type): that frame is gone, the next one is fine.
                     Err(Errno::EINVAL) => {

@@ -122,6 +122,19 @@ impl NetNs {
         run("ip", &args)
     }
 
+    /// Turns IPv6 off in the namespace (links made after it have none): no router or
+    /// neighbour solicitations on the links to get in a test's way.
+    pub fn without_ipv6(&self) -> io::Result<()> {
+        for k in ["all", "default"] {
+            let key = format!("net.ipv6.conf.{k}.disable_ipv6=1");
+            let out = self.exec(&["sysctl", "-qw", &key])?;
+            if !out.status.success() {
+                return Err(io::Error::other(format!("sysctl {key} in {}", self.name)));
+            }
+        }
+        Ok(())
+    }
+
     /// Moves the calling thread into the namespace until the guard is dropped. Sockets and
     /// devices the thread opens meanwhile (netlink, `/dev/net/tun`) belong to it.
     pub fn enter(&self) -> io::Result<Entered> {

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::os::fd::AsFd;
 
 use net_api::MacAddr;
-use net_macvtap::netlink::{Link, MacvtapMode, Netlink, PlumbError};
+use net_macvtap::netlink::{Link, LinkEvent, LinkMonitor, MacvtapMode, Netlink, PlumbError};
 use net_macvtap::testns::{skip_unless_root, NetNs};
 
 fn mac(last: u8) -> MacAddr {
@@ -320,4 +320,52 @@ fn errors_name_the_operation_and_the_link() {
         .expect_err("no queues");
     assert!(e.to_string().contains("queue count"), "{e}");
     assert_eq!(nl.link("vm0").expect("lookup"), None);
+}
+
+#[test]
+fn link_events_say_what_appeared_changed_and_went() {
+    if skip_unless_root("link_events_say_what_appeared_changed_and_went") {
+        return;
+    }
+    let ns = NetNs::new("events").expect("namespace");
+    let mut mon = LinkMonitor::open_in(ns.file().as_fd()).expect("link events");
+    assert!(
+        mon.events().expect("nothing yet").is_empty(),
+        "no events yet"
+    );
+    let mut nl = Netlink::open_in(ns.file().as_fd()).expect("netlink socket");
+    nl.create_veth("e0", "e1").expect("veth");
+    nl.set_up("e0", true).expect("up");
+    nl.delete("e0").expect("delete");
+    let mut seen = Vec::new();
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !seen
+        .iter()
+        .any(|e| matches!(e, LinkEvent::Del(l) if l.name == "e1"))
+        && std::time::Instant::now() < end
+    {
+        let mut fds = [nix::poll::PollFd::new(
+            mon.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16));
+        seen.extend(mon.events().expect("events"));
+    }
+    let has = |f: &dyn Fn(&LinkEvent) -> bool| seen.iter().any(f);
+    assert!(
+        has(&|e| matches!(e, LinkEvent::New(l) if l.name == "e0")),
+        "{seen:?}"
+    );
+    assert!(
+        has(&|e| matches!(e, LinkEvent::New(l) if l.name == "e0" && l.up)),
+        "{seen:?}"
+    );
+    assert!(
+        has(&|e| matches!(e, LinkEvent::Del(l) if l.name == "e0")),
+        "{seen:?}"
+    );
+    assert!(
+        has(&|e| matches!(e, LinkEvent::Del(l) if l.name == "e1")),
+        "{seen:?}"
+    );
 }

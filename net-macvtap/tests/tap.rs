@@ -22,14 +22,7 @@ fn ip(ns: &NetNs, args: &str) {
 /// A namespace without IPv6 (no router or neighbour solicitations on the links).
 fn quiet_ns(tag: &str) -> NetNs {
     let ns = NetNs::new(tag).expect("namespace");
-    for k in ["all", "default"] {
-        ns.exec(&[
-            "sysctl",
-            "-qw",
-            &format!("net.ipv6.conf.{k}.disable_ipv6=1"),
-        ])
-        .expect("sysctl");
-    }
+    ns.without_ipv6().expect("IPv6 off");
     ns
 }
 
@@ -515,6 +508,39 @@ fn handed_over_fds_make_a_backend_and_bad_ones_are_refused() {
     assert!(err.to_string().contains("macvtap"), "{err}");
     let err = Tap::create("bad/name", 1).expect_err("bad name");
     assert!(err.to_string().contains("not an interface name"), "{err}");
+}
+
+#[test]
+fn a_deleted_tap_is_reported_gone_and_a_detached_queue_is_not() {
+    if skip_unless_root("a_deleted_tap_is_reported_gone_and_a_detached_queue_is_not") {
+        return;
+    }
+    let ns = quiet_ns("gone");
+    let _in = ns.enter().expect("enter");
+    let mut tap = Tap::create("tapg", 2).expect("tap");
+    let mut q0 = tap.open_queue_pair(0).expect("queue 0");
+    let mut q1 = tap.open_queue_pair(1).expect("queue 1");
+    let mut buf = vec![0u8; 2048];
+    let bufs = [IoBufMut::from_mut_slice(&mut buf)];
+    // Detached by us: nothing to read, and no error.
+    q1.set_attached(false).expect("detach");
+    assert!(q1.recv(&bufs).expect("a detached queue").is_none());
+    ip(&ns, "link del tapg");
+    // The fd polls EPOLLERR now; both directions say the device is gone.
+    let mut fds = [PollFd::new(q0.rx_readiness().fd, PollFlags::POLLIN)];
+    assert_eq!(poll(&mut fds, PollTimeout::ZERO).expect("poll"), 1);
+    let err = q0.recv(&bufs).expect_err("the device is gone");
+    assert!(matches!(err, net_api::Error::Disconnected { .. }), "{err}");
+    assert!(err.to_string().contains("tapg"), "{err}");
+    let frame = plain(60, A_MAC, B_MAC, 1);
+    let data = [IoBuf::from_slice(&frame)];
+    let err = q0
+        .send(&[TxFrame {
+            hdr: VirtioNetHdr::default(),
+            data: &data,
+        }])
+        .expect_err("the device is gone");
+    assert!(matches!(err, net_api::Error::Disconnected { .. }), "{err}");
 }
 
 #[test]

@@ -19,6 +19,7 @@ pub mod decide;
 pub mod facade;
 mod genl;
 pub mod probe;
+pub mod relink;
 #[cfg(feature = "cli")]
 pub mod serve;
 

@@ -77,11 +77,13 @@ const RECV_BUF: usize = 64 * 1024;
 /// Dumps interrupted by a concurrent change (`NLM_F_DUMP_INTR`) are retried this often.
 const DUMP_ATTEMPTS: usize = 3;
 
+mod monitor;
 mod reply;
 #[cfg(test)]
 mod tests;
 mod types;
 
+pub use monitor::{LinkEvent, LinkMonitor};
 use reply::*;
 pub use types::*;
 

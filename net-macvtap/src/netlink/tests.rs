@@ -236,3 +236,31 @@ fn garbage_is_a_protocol_error_not_a_panic() {
     d[0..4].copy_from_slice(&8u32.to_ne_bytes());
     assert!(matches!(r.feed(&d), Err(Failure::Protocol(_))));
 }
+
+#[test]
+fn link_events_are_parsed_and_garbage_is_skipped() {
+    let mut d = message(RTM_NEWLINK, 0, 0, 0, &link_payload(3, "vm0"));
+    d.extend(message(libc::RTM_DELLINK, 0, 0, 0, &link_payload(4, "vm1")));
+    // An address event (not a link's) and a truncated message.
+    d.extend(message(libc::RTM_NEWADDR, 0, 0, 0, &[0; 8]));
+    d.extend(message(NLMSG_OVERRUN, 0, 0, 0, &[]));
+    d.extend_from_slice(&[0xff, 0, 0, 0, 1]);
+    let mut out = Vec::new();
+    super::monitor::parse_events(&d, &mut out);
+    let got: Vec<(char, u32, String)> = out
+        .iter()
+        .map(|e| match e {
+            LinkEvent::New(l) => ('+', l.index, l.name.clone()),
+            LinkEvent::Del(l) => ('-', l.index, l.name.clone()),
+            LinkEvent::Overrun => ('!', 0, String::new()),
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ('+', 3, "vm0".to_string()),
+            ('-', 4, "vm1".to_string()),
+            ('!', 0, String::new())
+        ]
+    );
+}

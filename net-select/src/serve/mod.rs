@@ -26,6 +26,10 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use net_vhostuser::device::{ServeConfig, DEFAULT_BUSY_POLL_US};
 use net_vhostuser::server::Server;
 
+use crate::relink::Relink;
+
+mod watch;
+
 /// The host side of the daemon.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Kind {
@@ -122,15 +126,23 @@ pub fn run(args: &ServeArgs) -> ExitCode {
     let res = match args.backend {
         Kind::Tap => {
             let iface = args.iface.clone().unwrap_or_default();
+            // A TAP that is not there yet is ours: created again if it is deleted.
+            let created = nix::net::if_::if_nametoindex(iface.as_str()).is_err();
             Tap::create(&iface, args.queues)
                 .map_err(|e| e.to_string())
-                .and_then(|b| serve(args, b, cfg, &stop))
+                .and_then(|b| {
+                    let policy = watch::TapPolicy::new(b.ifname(), args.queues, created);
+                    serve_supervised(args, b, policy, cfg, &stop)
+                })
         }
         Kind::Macvtap => {
             let iface = args.iface.clone().unwrap_or_default();
             Macvtap::open(&iface, args.queues)
                 .map_err(|e| e.to_string())
-                .and_then(|b| serve(args, b, cfg, &stop))
+                .and_then(|b| {
+                    let policy = watch::MacvtapPolicy::new(&iface, args.queues);
+                    serve_supervised(args, b, policy, cfg, &stop)
+                })
         }
         Kind::Loopback => match args.loopback_mode {
             LoopbackMode::Echo => loopback(args).and_then(|b| serve(args, b, cfg, &stop)),
@@ -161,12 +173,13 @@ pub fn run(args: &ServeArgs) -> ExitCode {
 fn afxdp(args: &ServeArgs, cfg: ServeConfig, stop: &SignalFd) -> Result<(), String> {
     let iface = args.iface.clone().unwrap_or_default();
     let mac = args.mac.unwrap_or(MacAddr([0x02, 0, 0, 0, 0, 1]));
-    net_afxdp::AfXdp::open(net_afxdp::AfXdpConfig {
+    let xdp = net_afxdp::AfXdpConfig {
         queues: args.queues,
         ..net_afxdp::AfXdpConfig::new(&iface, mac)
-    })
-    .map_err(|e| e.to_string())
-    .and_then(|b| serve(args, b, cfg, stop))
+    };
+    net_afxdp::AfXdp::open(xdp.clone())
+        .map_err(|e| e.to_string())
+        .and_then(|b| serve_supervised(args, b, watch::AfXdpPolicy::new(xdp), cfg, stop))
 }
 
 #[cfg(not(feature = "afxdp"))]
@@ -225,6 +238,27 @@ fn far_end(mut q: net_api::loopback::LoopbackQueue) {
             }
         }
     }
+}
+
+/// Serves a backend whose link the daemon follows (see `watch`): queue pairs through a
+/// [`Relink`], a supervisor thread that takes the link away and brings it back. When the
+/// daemon stops, the server goes first (socket removed), then the supervisor, then the
+/// backend (a created TAP removed, the XDP program detached).
+fn serve_supervised<P: watch::Policy>(
+    args: &ServeArgs,
+    backend: P::B,
+    policy: P,
+    cfg: ServeConfig,
+    stop: &SignalFd,
+) -> Result<(), String>
+where
+    <P::B as Backend>::Queue: Send,
+{
+    let (relink, handle) = Relink::new(backend).map_err(|e| format!("following the link: {e}"))?;
+    let supervisor = watch::spawn(handle, policy)?;
+    let r = serve(args, relink, cfg, stop);
+    drop(supervisor);
+    r
 }
 
 fn serve<B>(args: &ServeArgs, backend: B, cfg: ServeConfig, stop: &SignalFd) -> Result<(), String>
