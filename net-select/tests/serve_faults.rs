@@ -2,7 +2,8 @@
 //! loopback` (no privileges): a kick or call fd that is no eventfd, a kick counter read back,
 //! a call counter at its maximum, a client that stalls in its handshake, a second frontend,
 //! frames left by a previous session, vring indexes past the queues, a memory file shrunk
-//! under traffic. After each: the daemon is alive, a fresh frontend gets frames both ways,
+//! under traffic; and the sandbox: the socket's mode whatever the umask, a live daemon's
+//! socket kept, every thread under its seccomp filter. After each: the daemon is alive, a fresh frontend gets frames both ways,
 //! the daemon's fds and memory are back where they were, it is idle, and its log says what
 //! happened.
 
@@ -14,8 +15,8 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use vu::{
-    hung_up, memory_file, post_rx, raw, raw_get, received, send_from, session, shared_memory, u64s,
-    Daemon, Swap, GET_FEATURES, SET_OWNER, SET_VRING_KICK,
+    echo_from, hung_up, memory_file, post_rx, raw, raw_get, received, send_from, session,
+    shared_memory, u64s, Daemon, Swap, GET_FEATURES, SET_OWNER, SET_VRING_KICK,
 };
 
 /// What the daemon held after serving one healthy frontend.
@@ -351,5 +352,131 @@ fn a_memory_file_shrunk_under_traffic_ends_only_that_session() {
             "frontend gone (fault: queue pair 0: the frontend shrank a memory file",
             &format!("round {round}: a memory file shrunk under traffic"),
         );
+    }
+}
+
+/// Each thread's name and its `Seccomp` and `Seccomp_filters` lines.
+fn seccomp_of(pid: u32) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let t = t.expect("task").path();
+        let comm = std::fs::read_to_string(t.join("comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(t.join("status")).unwrap_or_default();
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        };
+        out.push((
+            comm.trim().to_string(),
+            field("Seccomp:"),
+            field("Seccomp_filters:"),
+        ));
+    }
+    out
+}
+
+#[test]
+fn every_thread_of_the_daemon_runs_under_its_seccomp_filter() {
+    let d = Daemon::start("seccomp", &[], &["--backend", "loopback"]);
+    let mem = shared_memory();
+    let mut rings = session(&d.sock, &mem, Swap::default()).expect("a session");
+    echo_from(&mem, &mut rings, 1, "under the filters");
+    let threads = seccomp_of(d.pid());
+    let show = format!("{threads:?}\n{}", d.log());
+    assert!(
+        threads.iter().any(|t| t.0.starts_with("vhost-user-q")),
+        "{show}"
+    );
+    assert!(threads.iter().any(|t| t.0 == "volt-loopback"), "{show}");
+    for (name, mode, filters) in &threads {
+        assert_eq!(mode, "2", "{name} is filtered: {show}");
+        // A worker inherits the daemon's filter and adds its own.
+        let want = if name.starts_with("vhost-user-q") {
+            "2"
+        } else {
+            "1"
+        };
+        assert_eq!(filters, want, "{name}'s filters: {show}");
+    }
+    assert!(
+        d.log().contains("seccomp filters on (Enforce)"),
+        "{}",
+        d.log()
+    );
+    drop(rings);
+
+    // Off when asked (and then nothing is filtered).
+    let mut off = Daemon::start(
+        "seccompoff",
+        &[],
+        &["--backend", "loopback", "--seccomp", "off"],
+    );
+    off.serves_a_fresh_frontend("without filters");
+    for (name, mode, _) in seccomp_of(off.pid()) {
+        assert_eq!(mode, "0", "{name}");
+    }
+}
+
+#[test]
+fn the_socket_is_0600_whatever_the_umask_and_a_live_daemons_socket_is_kept() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut d = Daemon::start(
+        "umask",
+        &["sh", "-c", "umask 000; exec \"$0\" \"$@\""],
+        &["--backend", "loopback"],
+    );
+    let meta = std::fs::metadata(&d.sock).expect("the socket");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "under umask 000");
+    // A second daemon on the same path is refused, and the live one keeps its socket.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_volt-net-serve"))
+        .arg("--socket")
+        .arg(&d.sock)
+        .args(["--backend", "loopback"])
+        .output()
+        .expect("a second daemon");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("a daemon is serving on"), "{err}");
+    assert_eq!(
+        std::fs::metadata(&d.sock).expect("still there").ino(),
+        meta.ino(),
+        "the live daemon's socket is kept"
+    );
+    d.serves_a_fresh_frontend("the first daemon, after the second was refused");
+
+    // A mode and a group of the operator's choosing (any group as root; our own otherwise).
+    let gid = if nix::unistd::geteuid().is_root() {
+        4321
+    } else {
+        nix::unistd::getegid().as_raw()
+    };
+    let gid_s = gid.to_string();
+    let g = Daemon::start(
+        "sockgroup",
+        &[],
+        &[
+            "--backend",
+            "loopback",
+            "--socket-mode",
+            "0660",
+            "--socket-group",
+            &gid_s,
+        ],
+    );
+    let meta = std::fs::metadata(&g.sock).expect("the socket");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(meta.gid(), gid);
+    // Modes the owner could not connect with, or beyond permission bits, are refused.
+    for bad in ["0400", "4755", "rw"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_volt-net-serve"))
+            .args(["--socket", "/nonexistent/x.sock", "--backend", "loopback"])
+            .args(["--socket-mode", bad])
+            .output()
+            .expect("volt-net-serve");
+        assert_eq!(out.status.code(), Some(2), "{bad}: a usage error");
     }
 }

@@ -33,6 +33,12 @@ pub struct ServeConfig {
     /// sleeping until the frontend kicks (which costs both sides a system call and a wake-up
     /// per burst); zero never polls. An idle session sleeps after this long.
     pub busy_poll: std::time::Duration,
+    /// The socket's mode (0600 by default: only the daemon's user may connect), whatever the
+    /// umask.
+    pub socket_mode: u32,
+    /// The socket's group (with a mode such as 0660, a VMM running in that group may
+    /// connect); `None` keeps the daemon's.
+    pub socket_group: Option<u32>,
 }
 
 impl Default for ServeConfig {
@@ -43,6 +49,8 @@ impl Default for ServeConfig {
             mergeable_rx: true,
             handshake_timeout: std::time::Duration::from_secs(10),
             busy_poll: std::time::Duration::from_micros(DEFAULT_BUSY_POLL_US),
+            socket_mode: 0o600,
+            socket_group: None,
         }
     }
 }

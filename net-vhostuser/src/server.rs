@@ -61,12 +61,22 @@ pub struct Server<B: Backend> {
     listener: UnixListener,
     socket: PathBuf,
     socket_ino: u64,
+    worker_start: Option<WorkerStart>,
     // Last: dropped after the queue pairs it opened.
     backend: B,
 }
 
-/// Binds `path` with `mode` whatever the umask, refusing a path a live daemon listens on.
-fn bind_socket(path: &Path, mode: u32) -> Result<(UnixListener, u64), ServeError> {
+/// What each worker thread runs first (see [`Server::on_worker_start`]).
+pub type WorkerStart = Arc<dyn Fn(u16) -> Result<(), String> + Send + Sync>;
+
+/// Binds `path` with `mode` (and `group`) whatever the umask, refusing a path a live daemon
+/// listens on. The socket is made in a private directory and renamed into place: nobody can
+/// connect before it has its mode.
+fn bind_socket(
+    path: &Path,
+    mode: u32,
+    group: Option<u32>,
+) -> Result<(UnixListener, u64), ServeError> {
     let err = |what: String| ServeError::Socket(what);
     match std::fs::symlink_metadata(path) {
         Ok(m) => {
@@ -97,7 +107,10 @@ fn bind_socket(path: &Path, mode: u32) -> Result<(UnixListener, u64), ServeError
     let tmp = dir.join("socket");
     let bound = UnixListener::bind(&tmp)
         .and_then(|l| {
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+            if let Some(gid) = group {
+                std::os::unix::fs::chown(&tmp, None, Some(gid))?;
+            }
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode & 0o777))?;
             std::fs::rename(&tmp, path)?;
             Ok(l)
         })
@@ -115,26 +128,36 @@ impl<B: Backend> Server<B>
 where
     B::Queue: Send,
 {
-    /// Opens the backend's queue pairs and listens on `socket` (mode 0600). Installs the
+    /// Opens the backend's queue pairs and listens on `socket` (`cfg.socket_mode`, 0600 by
+    /// default). Installs the
     /// handler that contains a frontend shrinking its memory files
     /// ([`crate::memory::contain_sigbus`]).
     pub fn new(socket: &Path, mut backend: B, cfg: ServeConfig) -> Result<Self, ServeError> {
         crate::memory::contain_sigbus()
             .map_err(|e| ServeError::Process(format!("installing the SIGBUS handler: {e}")))?;
+        let (mode, group) = (cfg.socket_mode, cfg.socket_group);
         let device = Device::new(backend.name(), backend.capabilities(), cfg)?;
         let mut engines = Vec::new();
         for i in 0..device.cfg.queue_pairs {
             engines.push(Some(PairEngine::new(backend.open_queue_pair(i)?, true)));
         }
-        let (listener, socket_ino) = bind_socket(socket, 0o600)?;
+        let (listener, socket_ino) = bind_socket(socket, mode, group)?;
         Ok(Server {
             device,
             engines,
             listener,
             socket: socket.to_path_buf(),
             socket_ino,
+            worker_start: None,
             backend,
         })
+    }
+
+    /// Runs `f` in each worker thread before it touches a ring (with the queue pair's
+    /// index): a daemon narrows the thread's seccomp filter there. An error ends the session
+    /// with that queue pair's fault; the worker never runs.
+    pub fn on_worker_start(&mut self, f: WorkerStart) {
+        self.worker_start = Some(f);
     }
 
     /// The socket frontends connect to.
@@ -243,6 +266,7 @@ where
             }
         }
         let device = &self.device;
+        let worker_start = &self.worker_start;
         let listener = &self.listener;
         let socket = &self.socket;
         let (end, requests, back) = std::thread::scope(|s| {
@@ -272,7 +296,12 @@ where
                     Ok(w) => {
                         let h = std::thread::Builder::new()
                             .name(format!("vhost-user-q{i}"))
-                            .spawn_scoped(s, move || w.run());
+                            .spawn_scoped(s, move || {
+                                match worker_start.as_ref().map(|f| f(i as u16)) {
+                                    Some(Err(why)) => w.refuse(why),
+                                    _ => w.run(),
+                                }
+                            });
                         match h {
                             Ok(h) => {
                                 handles.push(Ok(h));

@@ -192,6 +192,12 @@ impl<Q: QueuePair> Worker<Q> {
         self.engine
     }
 
+    /// Does not run: the session hears `why` as this queue pair's fault; returns the engine.
+    pub(crate) fn refuse(mut self, why: String) -> PairEngine<Q> {
+        self.fault(why);
+        self.engine
+    }
+
     fn fault(&mut self, why: String) {
         if self.failed {
             return;

@@ -28,7 +28,10 @@ use net_vhostuser::server::Server;
 
 use crate::relink::Relink;
 
+pub mod sandbox;
 mod watch;
+
+use sandbox::SeccompMode;
 
 /// The host side of the daemon.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -85,6 +88,42 @@ pub struct ServeArgs {
     /// before it sleeps until the frontend kicks (0: never poll).
     #[arg(long, default_value_t = DEFAULT_BUSY_POLL_US)]
     pub busy_poll_us: u64,
+    /// The socket's mode, in octal (0600: only the daemon's user; 0660 with
+    /// `--socket-group`: that group too), whatever the umask.
+    #[arg(long, default_value = "0600", value_parser = parse_mode)]
+    pub socket_mode: u32,
+    /// The socket's group (a name or a number).
+    #[arg(long, value_parser = parse_group)]
+    pub socket_group: Option<u32>,
+    /// The seccomp filters of the daemon's threads once set up: enforce (a call outside a
+    /// thread's list fails with EPERM), log (allowed; the kernel logs it), off.
+    #[arg(long, value_enum, default_value_t = SeccompMode::Enforce)]
+    pub seccomp: SeccompMode,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let m = u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .map_err(|_| format!("{s}: a mode in octal, such as 0600 or 0660"))?;
+    if m & !0o777 != 0 {
+        return Err(format!("{s}: permission bits only (at most 0777)"));
+    }
+    if m & 0o200 == 0 {
+        return Err(format!(
+            "{s}: the owner needs write permission to connect (0600 at least)"
+        ));
+    }
+    Ok(m)
+}
+
+fn parse_group(s: &str) -> Result<u32, String> {
+    if let Ok(gid) = s.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(s) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err(format!("{s}: no such group")),
+        Err(e) => Err(format!("{s}: looking the group up: {e}")),
+    }
 }
 
 /// What the loopback's far end does with the guest's frames.
@@ -122,6 +161,8 @@ pub fn run(args: &ServeArgs) -> ExitCode {
         mergeable_rx: !args.no_mrg_rxbuf,
         handshake_timeout: std::time::Duration::from_secs(args.handshake_timeout),
         busy_poll: std::time::Duration::from_micros(args.busy_poll_us),
+        socket_mode: args.socket_mode,
+        socket_group: args.socket_group,
     };
     let res = match args.backend {
         Kind::Tap => {
@@ -208,7 +249,17 @@ fn loopback(args: &ServeArgs) -> Result<net_api::loopback::Loopback, String> {
         let mut q = far.open_queue_pair(i).map_err(|e| e.to_string())?;
         q.set_rx_offloads(OffloadSet::ALL)
             .map_err(|e| e.to_string())?;
-        std::thread::spawn(move || far_end(q));
+        let mode = args.seccomp;
+        std::thread::Builder::new()
+            .name("volt-loopback".into())
+            .spawn(move || {
+                if let Err(e) = sandbox::Kind::Loopback.apply(mode) {
+                    error!("loopback: {e}");
+                    return;
+                }
+                far_end(q)
+            })
+            .map_err(|e| format!("starting the loopback's far end: {e}"))?;
     }
     std::mem::forget(far);
     Ok(ours)
@@ -255,7 +306,7 @@ where
     <P::B as Backend>::Queue: Send,
 {
     let (relink, handle) = Relink::new(backend).map_err(|e| format!("following the link: {e}"))?;
-    let supervisor = watch::spawn(handle, policy)?;
+    let supervisor = watch::spawn(handle, policy, args.seccomp)?;
     let r = serve(args, relink, cfg, stop);
     drop(supervisor);
     r
@@ -267,6 +318,16 @@ where
     B::Queue: Send,
 {
     let mut server = Server::new(&args.socket, backend, cfg).map_err(|e| e.to_string())?;
+    // Set up: from here on each thread keeps to its list (threads started before apply
+    // their own; workers inherit this one and narrow it).
+    let mode = args.seccomp;
+    sandbox::Kind::Daemon.apply(mode)?;
+    server.on_worker_start(std::sync::Arc::new(move |_| {
+        sandbox::Kind::Worker.apply(mode)
+    }));
+    if mode != SeccompMode::Off {
+        log::info!("seccomp filters on ({mode:?}): daemon, workers, link supervisor");
+    }
     server
         .run(stop.as_fd())
         .map_err(|e| format!("serving on {}: {e}", args.socket.display()))?;

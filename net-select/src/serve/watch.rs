@@ -65,7 +65,11 @@ impl Drop for Supervisor {
 
 /// Starts the supervisor of `handle`'s backend (link events of the calling thread's network
 /// namespace).
-pub(crate) fn spawn<P: Policy>(handle: Handle<P::B>, policy: P) -> Result<Supervisor, String> {
+pub(crate) fn spawn<P: Policy>(
+    handle: Handle<P::B>,
+    policy: P,
+    seccomp: super::sandbox::SeccompMode,
+) -> Result<Supervisor, String> {
     let monitor = LinkMonitor::open().map_err(|e| format!("following link events: {e}"))?;
     let stop = Arc::new(
         EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
@@ -74,7 +78,17 @@ pub(crate) fn spawn<P: Policy>(handle: Handle<P::B>, policy: P) -> Result<Superv
     let s = Arc::clone(&stop);
     let thread = std::thread::Builder::new()
         .name("volt-link-watch".into())
-        .spawn(move || run(handle, policy, monitor, &s))
+        .spawn(move || {
+            if let Err(e) = super::sandbox::Kind::Watch.apply(seccomp) {
+                // Without its filter it does not run: links are no longer followed.
+                warn!(
+                    "{}: link supervisor: {e}; links are not followed",
+                    policy.iface()
+                );
+                return;
+            }
+            run(handle, policy, monitor, &s)
+        })
         .map_err(|e| format!("starting the link supervisor: {e}"))?;
     Ok(Supervisor {
         stop,
