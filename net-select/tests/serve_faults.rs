@@ -403,7 +403,8 @@ fn every_thread_of_the_daemon_runs_under_its_seccomp_filter() {
         assert_eq!(filters, want, "{name}'s filters: {show}");
     }
     assert!(
-        d.log().contains("seccomp filters on (Enforce)"),
+        d.log()
+            .contains("sandbox: seccomp filters Enforce, Landlock enforced"),
         "{}",
         d.log()
     );

@@ -259,6 +259,61 @@ fn a_tap_the_daemon_created_is_created_again_after_it_is_deleted() {
     let _fresh = served(&d, &host, "a fresh session");
 }
 
+/// Capability sets and ids of a process, from /proc.
+fn status_field(pid: u32, key: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_daemon_run_as_nobody_keeps_only_cap_net_admin_and_creates_its_tap_again() {
+    if skip("a_daemon_run_as_nobody_keeps_only_cap_net_admin_and_creates_its_tap_again") {
+        return;
+    }
+    let ns = NetNs::new("tapuser").expect("namespace");
+    quiet(&ns);
+    let d = Daemon::start(
+        "tapuser",
+        &["ip", "netns", "exec", ns.name()],
+        &["--backend", "tap", "--iface", "vt0", "--user", "nobody"],
+    );
+    ip(Some(&ns), "link set vt0 up");
+    let pid = d.pid();
+    let nobody = nix::unistd::User::from_name("nobody")
+        .expect("lookup")
+        .expect("nobody")
+        .uid
+        .as_raw()
+        .to_string();
+    let uid = status_field(pid, "Uid:");
+    assert!(
+        uid.split_whitespace().all(|u| u == nobody),
+        "every uid is nobody's: {uid}"
+    );
+    // CAP_NET_ADMIN is bit 12, and the only one, in every set that matters.
+    for set in ["CapEff:", "CapPrm:", "CapBnd:"] {
+        assert_eq!(status_field(pid, set), "0000000000001000", "{set}");
+    }
+    assert_eq!(status_field(pid, "CapAmb:"), "0000000000000000");
+    assert!(d.log().contains("keeping CAP_NET_ADMIN"), "{}", d.log());
+    let host = Host {
+        ns: Some(&ns),
+        dev: "vt0".into(),
+    };
+    gone_and_back(
+        &d,
+        &host,
+        "a TAP deleted under a daemon run as nobody",
+        || ip(Some(&ns), "link del vt0"),
+        "vt0: the TAP was deleted",
+        None,
+        &["vt0: created the TAP again"],
+    );
+}
+
 #[test]
 fn a_named_tap_is_opened_again_when_it_reappears() {
     if skip("a_named_tap_is_opened_again_when_it_reappears") {
@@ -433,6 +488,46 @@ fn af_xdp_frames_flow_again_after_a_link_flap() {
         "the same session after the flap",
     );
     assert!(!d.log().contains("fault"), "no fault:\n{}", d.log());
+}
+
+#[test]
+fn an_af_xdp_interface_deleted_and_created_again_is_opened_again() {
+    if skip("an_af_xdp_interface_deleted_and_created_again_is_opened_again") {
+        return;
+    }
+    let (pair, d) = afxdp("xgone");
+    let host = Host {
+        ns: Some(&pair.b),
+        dev: "vb".into(),
+    };
+    let from = d.mark();
+    gone_and_back(
+        &d,
+        &host,
+        "an AF_XDP interface deleted",
+        || ip(Some(&pair.a), "link del va"),
+        "va: the interface was deleted",
+        Some(&|| {
+            let b = pair.b.name();
+            ip(
+                Some(&pair.a),
+                &format!("link add va type veth peer name vb netns {b}"),
+            );
+            ip(Some(&pair.a), "link set va up");
+            ip(Some(&pair.b), "link set vb up");
+        }),
+        &["va: the interface reappeared; opened it again"],
+    );
+    assert!(
+        xdp_prog(&pair.a).contains("volt_steer"),
+        "{}",
+        xdp_prog(&pair.a)
+    );
+    assert!(
+        !d.log()[from..].contains("could not be attached again"),
+        "no attach attempts on a link going away:\n{}",
+        d.log()
+    );
 }
 
 #[test]

@@ -31,7 +31,7 @@ use crate::relink::Relink;
 pub mod sandbox;
 mod watch;
 
-use sandbox::SeccompMode;
+use sandbox::{Sandbox, SeccompMode};
 
 /// The host side of the daemon.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -99,6 +99,25 @@ pub struct ServeArgs {
     /// thread's list fails with EPERM), log (allowed; the kernel logs it), off.
     #[arg(long, value_enum, default_value_t = SeccompMode::Enforce)]
     pub seccomp: SeccompMode,
+    /// The user (a name or a number) the daemon becomes once its backend is open, keeping
+    /// only the capabilities its backend still needs (tap: CAP_NET_ADMIN; macvtap: also
+    /// CAP_SYS_ADMIN and CAP_MKNOD; afxdp: CAP_NET_ADMIN, CAP_NET_RAW, CAP_IPC_LOCK, CAP_BPF;
+    /// loopback: none). The socket's directory must be writable by that user.
+    #[arg(long, value_parser = parse_user)]
+    pub user: Option<(u32, u32)>,
+    /// No Landlock domains (by default each thread keeps only the file system access it
+    /// still needs once set up).
+    #[arg(long)]
+    pub no_landlock: bool,
+}
+
+impl ServeArgs {
+    fn sandbox(&self) -> Sandbox {
+        Sandbox {
+            seccomp: self.seccomp,
+            landlock: !self.no_landlock,
+        }
+    }
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -113,6 +132,43 @@ fn parse_mode(s: &str) -> Result<u32, String> {
         ));
     }
     Ok(m)
+}
+
+fn parse_user(s: &str) -> Result<(u32, u32), String> {
+    let found = match s.parse::<u32>() {
+        Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
+        Err(_) => nix::unistd::User::from_name(s),
+    };
+    match found {
+        Ok(Some(u)) => Ok((u.uid.as_raw(), u.gid.as_raw())),
+        Ok(None) => Err(format!("{s}: no such user")),
+        Err(e) => Err(format!("{s}: looking the user up: {e}")),
+    }
+}
+
+/// Becomes `--user` (if given), keeping what `backend` needs; before any other thread.
+fn drop_privileges(args: &ServeArgs) -> Result<(), String> {
+    use sandbox::cap;
+    let Some((uid, gid)) = args.user else {
+        return Ok(());
+    };
+    let keep: &[u32] = match args.backend {
+        Kind::Tap => &[cap::NET_ADMIN],
+        Kind::Macvtap => &[cap::NET_ADMIN, cap::SYS_ADMIN, cap::MKNOD],
+        Kind::Afxdp => &[cap::NET_ADMIN, cap::NET_RAW, cap::IPC_LOCK, cap::BPF],
+        Kind::Loopback => &[],
+    };
+    sandbox::become_user(uid, gid, keep)?;
+    let names: Vec<&str> = keep.iter().map(|&c| cap::name(c)).collect();
+    log::info!(
+        "running as uid {uid} gid {gid}, keeping {}",
+        if names.is_empty() {
+            "no capability".to_string()
+        } else {
+            names.join(", ")
+        }
+    );
+    Ok(())
 }
 
 fn parse_group(s: &str) -> Result<u32, String> {
@@ -185,12 +241,13 @@ pub fn run(args: &ServeArgs) -> ExitCode {
                     serve_supervised(args, b, policy, cfg, &stop)
                 })
         }
-        Kind::Loopback => match args.loopback_mode {
-            LoopbackMode::Echo => loopback(args).and_then(|b| serve(args, b, cfg, &stop)),
-            LoopbackMode::Sink => Null::new(NullMode::Sink, args.queues)
+        Kind::Loopback => match drop_privileges(args).map(|()| args.loopback_mode) {
+            Err(e) => Err(e),
+            Ok(LoopbackMode::Echo) => loopback(args).and_then(|b| serve(args, b, cfg, &stop)),
+            Ok(LoopbackMode::Sink) => Null::new(NullMode::Sink, args.queues)
                 .map_err(|e| e.to_string())
                 .and_then(|b| serve(args, b, cfg, &stop)),
-            LoopbackMode::Source => Null::new(
+            Ok(LoopbackMode::Source) => Null::new(
                 NullMode::Source {
                     len: args.source_len,
                 },
@@ -249,11 +306,11 @@ fn loopback(args: &ServeArgs) -> Result<net_api::loopback::Loopback, String> {
         let mut q = far.open_queue_pair(i).map_err(|e| e.to_string())?;
         q.set_rx_offloads(OffloadSet::ALL)
             .map_err(|e| e.to_string())?;
-        let mode = args.seccomp;
+        let (sandbox, socket) = (args.sandbox(), args.socket.clone());
         std::thread::Builder::new()
             .name("volt-loopback".into())
             .spawn(move || {
-                if let Err(e) = sandbox::Kind::Loopback.apply(mode) {
+                if let Err(e) = sandbox.enter(sandbox::Kind::Loopback, &socket) {
                     error!("loopback: {e}");
                     return;
                 }
@@ -305,8 +362,9 @@ fn serve_supervised<P: watch::Policy>(
 where
     <P::B as Backend>::Queue: Send,
 {
+    drop_privileges(args)?;
     let (relink, handle) = Relink::new(backend).map_err(|e| format!("following the link: {e}"))?;
-    let supervisor = watch::spawn(handle, policy, args.seccomp)?;
+    let supervisor = watch::spawn(handle, policy, args.sandbox(), &args.socket)?;
     let r = serve(args, relink, cfg, stop);
     drop(supervisor);
     r
@@ -320,14 +378,15 @@ where
     let mut server = Server::new(&args.socket, backend, cfg).map_err(|e| e.to_string())?;
     // Set up: from here on each thread keeps to its list (threads started before apply
     // their own; workers inherit this one and narrow it).
-    let mode = args.seccomp;
-    sandbox::Kind::Daemon.apply(mode)?;
+    let sb = args.sandbox();
+    let landlock = sb.enter(sandbox::Kind::Daemon, &args.socket)?;
     server.on_worker_start(std::sync::Arc::new(move |_| {
-        sandbox::Kind::Worker.apply(mode)
+        sandbox::Kind::Worker.apply(sb.seccomp)
     }));
-    if mode != SeccompMode::Off {
-        log::info!("seccomp filters on ({mode:?}): daemon, workers, link supervisor");
-    }
+    log::info!(
+        "sandbox: seccomp filters {:?}, Landlock {landlock} (the daemon and its workers; the link supervisor and the loopback apply their own)",
+        sb.seccomp
+    );
     server
         .run(stop.as_fd())
         .map_err(|e| format!("serving on {}: {e}", args.socket.display()))?;

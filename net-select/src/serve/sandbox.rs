@@ -1,6 +1,14 @@
-//! The daemon's seccomp filters: one per kind of thread, applied once the thread is set up
-//! (`--seccomp enforce`, the default), so a thread taken over through a bug can no longer
-//! start a program, open a connection or change the host beyond what its job needs.
+//! The daemon's sandbox: a Landlock domain and a seccomp filter per kind of thread, applied
+//! once the thread is set up (`--seccomp enforce`, the default, and Landlock unless
+//! `--no-landlock`), so a thread taken over through a bug can no longer open files, start a
+//! program, open a connection or change the host beyond what its job needs.
+//!
+//! Landlock (file system, TCP, signals and abstract sockets outside the daemon): the main
+//! thread keeps only the removal of its socket at exit (workers inherit that: they open no
+//! path); the link supervisor reads /sys and /proc and opens /dev/net/tun (a TAP created
+//! again, an AF_XDP owner looked up), except for a macvtap, whose device is found again
+//! through a private sysfs mount, which Landlock forbids (its seccomp filter still applies);
+//! the loopback's far end, nothing.
 //!
 //! A filter is per thread and inherited by the threads it starts: the main thread applies
 //! [`Kind::Daemon`] after the socket is bound and the backend is open (the link supervisor,
@@ -10,8 +18,13 @@
 //! `dmesg | grep type=1326`, which is how a missing call is found).
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use clap::ValueEnum;
+use landlock::{
+    path_beneath_rules, Access, AccessFs, AccessNet, Ruleset, RulesetAttr, RulesetCreatedAttr,
+    RulesetStatus, Scope, ABI,
+};
 use nix::libc;
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule};
 
@@ -152,6 +165,10 @@ const WATCH: &[libc::c_long] = &[
     libc::SYS_geteuid,
     libc::SYS_capget,
     libc::SYS_uname,
+    // libbpf, loading the XDP program again.
+    libc::SYS_memfd_create,
+    libc::SYS_faccessat,
+    libc::SYS_faccessat2,
 ];
 
 impl Kind {
@@ -177,6 +194,7 @@ impl Kind {
                 libc::SYS_mkdir,
                 libc::SYS_mknod,
                 libc::SYS_readlink,
+                libc::SYS_access,
             ]);
         }
         v.sort_unstable();
@@ -220,6 +238,175 @@ impl Kind {
         seccompiler::apply_filter(&prog)
             .map_err(|e| format!("applying the {self:?} thread's seccomp filter: {e}"))
     }
+}
+
+/// What a daemon's threads run under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sandbox {
+    /// The seccomp filters.
+    pub seccomp: SeccompMode,
+    /// Landlock domains.
+    pub landlock: bool,
+}
+
+impl Sandbox {
+    /// Puts the calling thread under `kind`'s Landlock domain (not for workers: they inherit
+    /// the main thread's) and then its seccomp filter. `socket` is the daemon's socket (its
+    /// removal at exit stays allowed). Returns how Landlock went, for the log.
+    pub fn enter(self, kind: Kind, socket: &Path) -> Result<&'static str, String> {
+        let landlock = if self.landlock && kind != Kind::Worker {
+            landlock(kind, socket)?
+        } else {
+            "off"
+        };
+        kind.apply(self.seccomp)?;
+        Ok(landlock)
+    }
+}
+
+/// Puts the calling thread (and the threads it starts) in `kind`'s Landlock domain.
+pub fn landlock(kind: Kind, socket: &Path) -> Result<&'static str, String> {
+    let abi = ABI::V6;
+    let err = |e: landlock::RulesetError| format!("Landlock for the {kind:?} thread: {e}");
+    let ruleset = Ruleset::default()
+        .handle_access(AccessFs::from_all(abi))
+        .and_then(|r| r.handle_access(AccessNet::from_all(abi)))
+        .and_then(|r| r.scope(Scope::from_all(abi)))
+        .and_then(|r| r.create())
+        .map_err(err)?;
+    let read = AccessFs::ReadFile | AccessFs::ReadDir;
+    // TUN's ioctls are device ioctls (Landlock ABI 5).
+    let tun = AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::IoctlDev;
+    let ruleset = match kind {
+        Kind::Daemon => {
+            let dir = socket
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            ruleset.add_rules(path_beneath_rules([dir], AccessFs::RemoveFile))
+        }
+        Kind::Watch => ruleset
+            .add_rules(path_beneath_rules(["/sys", "/proc"], read))
+            .and_then(|r| r.add_rules(path_beneath_rules(["/dev/net/tun"], tun))),
+        Kind::Worker | Kind::Loopback => Ok(ruleset),
+    }
+    .map_err(err)?;
+    let status = ruleset.restrict_self().map_err(err)?;
+    Ok(match status.ruleset {
+        RulesetStatus::FullyEnforced => "enforced",
+        RulesetStatus::PartiallyEnforced => "partly enforced (an older kernel)",
+        RulesetStatus::NotEnforced => "not available in this kernel",
+    })
+}
+
+/// Capability numbers (linux/capability.h).
+pub mod cap {
+    /// Network configuration: TUN ioctls, XDP attachment, links.
+    pub const NET_ADMIN: u32 = 12;
+    /// Raw sockets: AF_XDP.
+    pub const NET_RAW: u32 = 13;
+    /// Locked memory beyond RLIMIT_MEMLOCK: AF_XDP's UMEM.
+    pub const IPC_LOCK: u32 = 14;
+    /// Mounts: a macvtap's private sysfs.
+    pub const SYS_ADMIN: u32 = 21;
+    /// Device nodes: a macvtap's, in that private mount.
+    pub const MKNOD: u32 = 27;
+    /// BPF programs and maps.
+    pub const BPF: u32 = 39;
+
+    /// A capability's name.
+    pub fn name(c: u32) -> &'static str {
+        match c {
+            NET_ADMIN => "CAP_NET_ADMIN",
+            NET_RAW => "CAP_NET_RAW",
+            IPC_LOCK => "CAP_IPC_LOCK",
+            SYS_ADMIN => "CAP_SYS_ADMIN",
+            MKNOD => "CAP_MKNOD",
+            BPF => "CAP_BPF",
+            _ => "?",
+        }
+    }
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit words per set.
+const CAP_V3: u32 = 0x2008_0522;
+
+/// Becomes `uid`/`gid` (supplementary groups: `gid` only) keeping the capabilities `keep`
+/// and no other, permitted and effective. Call it while the process has one thread: the
+/// user and the capabilities of threads started before would differ.
+pub fn become_user(uid: u32, gid: u32, keep: &[u32]) -> Result<(), String> {
+    // A helper thread joined a moment ago (a macvtap's lookup) may still be listed while the
+    // kernel finishes its exit.
+    let count = || std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count());
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while count() > 1 && std::time::Instant::now() < end {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let threads = count();
+    if threads != 1 {
+        return Err(format!(
+            "changing user with {threads} threads running: a bug (it must come before any)"
+        ));
+    }
+    let err = |what: &str, e: nix::Error| format!("--user: {what}: {e}");
+    // The bounding set too (while CAP_SETPCAP is there): nothing else can come back.
+    for c in 0..64u32 {
+        if !keep.contains(&c) {
+            // SAFETY: prctl with integer arguments; EINVAL past the kernel's last one.
+            unsafe { libc::prctl(libc::PR_CAPBSET_DROP, c as libc::c_ulong, 0, 0, 0) };
+        }
+    }
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) } != 0 {
+        return Err(err("PR_SET_KEEPCAPS", nix::Error::last()));
+    }
+    let g = nix::unistd::Gid::from_raw(gid);
+    let u = nix::unistd::Uid::from_raw(uid);
+    nix::unistd::setgroups(&[g]).map_err(|e| err("setgroups", e))?;
+    nix::unistd::setresgid(g, g, g).map_err(|e| err("setresgid", e))?;
+    nix::unistd::setresuid(u, u, u).map_err(|e| err("setresuid", e))?;
+    // SAFETY: as above.
+    unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) };
+    let mut data = [CapData::default(); 2];
+    for &c in keep {
+        let (word, bit) = ((c / 32) as usize, 1u32 << (c % 32));
+        data[word].effective |= bit;
+        data[word].permitted |= bit;
+    }
+    let mut hdr = CapHeader {
+        version: CAP_V3,
+        pid: 0,
+    };
+    // SAFETY: capset reads a v3 header and two data words we own.
+    let r = unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) };
+    if r != 0 {
+        return Err(err("capset", nix::Error::last()));
+    }
+    // SAFETY: as above.
+    unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    };
+    Ok(())
 }
 
 #[cfg(test)]
@@ -277,6 +464,54 @@ mod tests {
         // The test's own thread is not filtered.
         let status = std::fs::read_to_string("/proc/thread-self/status").expect("status");
         assert!(status.contains("Seccomp:\t0"), "{status}");
+    }
+
+    /// The main thread's domain: no file opened, a file beside the socket removed; the
+    /// supervisor's: /proc read, nothing written outside /dev/net/tun.
+    #[test]
+    fn landlock_leaves_the_main_thread_only_its_sockets_removal() {
+        let dir = std::env::temp_dir().join(format!("volt-landlock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let sock = dir.join("vu.sock");
+        std::fs::write(&sock, b"").expect("a stand-in");
+        let outside = dir
+            .join("..")
+            .join(format!("volt-landlock-{}.x", std::process::id()));
+        std::fs::write(&outside, b"x").expect("a file outside");
+        let (s, o) = (sock.clone(), outside.clone());
+        let r = std::thread::spawn(move || {
+            let how = landlock(Kind::Daemon, &s).expect("landlock");
+            if how != "enforced" {
+                return how;
+            }
+            let denied = |r: std::io::Result<()>| {
+                matches!(r, Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied)
+            };
+            assert!(denied(std::fs::read("/etc/hostname").map(drop)), "read /etc");
+            assert!(denied(std::fs::read(&o).map(drop)), "read beside");
+            assert!(denied(std::fs::remove_file(&o)), "remove outside");
+            assert!(denied(std::fs::write(s.with_extension("new"), b"").map(drop)), "create");
+            std::fs::remove_file(&s).expect("the socket is removed at exit");
+            how
+        })
+        .join()
+        .expect("the sandboxed thread");
+        if r == "enforced" {
+            assert!(!sock.exists());
+        }
+        let w = std::thread::spawn(|| {
+            if landlock(Kind::Watch, Path::new("/nonexistent/x")).expect("landlock") != "enforced" {
+                return;
+            }
+            assert!(
+                std::fs::read_to_string("/proc/self/status").is_ok(),
+                "/proc read"
+            );
+            assert!(std::fs::read("/etc/hostname").is_err(), "/etc not");
+        });
+        w.join().expect("the supervisor's thread");
+        let _ = std::fs::remove_file(&outside);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -46,6 +46,11 @@ pub(crate) trait Policy: Send + 'static {
 
     /// While the link is there, at every tick and event.
     fn check(&mut self, _backend: &mut Self::B) {}
+
+    /// Whether opening the backend again mounts file systems (then Landlock cannot apply).
+    fn mounts(&self) -> bool {
+        false
+    }
 }
 
 /// The supervisor thread; stopped and joined when dropped (then the backend it holds goes).
@@ -68,8 +73,10 @@ impl Drop for Supervisor {
 pub(crate) fn spawn<P: Policy>(
     handle: Handle<P::B>,
     policy: P,
-    seccomp: super::sandbox::SeccompMode,
+    sandbox: super::sandbox::Sandbox,
+    socket: &std::path::Path,
 ) -> Result<Supervisor, String> {
+    let socket = socket.to_path_buf();
     let monitor = LinkMonitor::open().map_err(|e| format!("following link events: {e}"))?;
     let stop = Arc::new(
         EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
@@ -79,7 +86,17 @@ pub(crate) fn spawn<P: Policy>(
     let thread = std::thread::Builder::new()
         .name("volt-link-watch".into())
         .spawn(move || {
-            if let Err(e) = super::sandbox::Kind::Watch.apply(seccomp) {
+            let mut sandbox = sandbox;
+            if sandbox.landlock && policy.mounts() {
+                info!(
+                    "{}: no Landlock for the link supervisor: finding a macvtap's device \
+                     again takes a private sysfs mount, which Landlock forbids (its seccomp \
+                     filter applies)",
+                    policy.iface()
+                );
+                sandbox.landlock = false;
+            }
+            if let Err(e) = sandbox.enter(super::sandbox::Kind::Watch, &socket) {
                 // Without its filter it does not run: links are no longer followed.
                 warn!(
                     "{}: link supervisor: {e}; links are not followed",
@@ -339,6 +356,10 @@ impl MacvtapPolicy {
 impl Policy for MacvtapPolicy {
     type B = Macvtap;
 
+    fn mounts(&self) -> bool {
+        true
+    }
+
     fn iface(&self) -> &str {
         &self.name
     }
@@ -442,6 +463,10 @@ impl Policy for AfXdpPolicy {
     }
 
     fn check(&mut self, b: &mut net_afxdp::AfXdp) {
+        if index_of(&self.cfg.iface) != self.index {
+            // Going or gone: the link events say so next; nothing to attach to.
+            return;
+        }
         match b.ensure_attached() {
             Ok(Some(what)) => {
                 warn!("{}: {what}", self.cfg.iface);

@@ -320,6 +320,13 @@ impl Daemon {
         let dir = TempDir::new(&format!("volt-{tag}-{}", std::process::id()));
         let sock = dir.0.join("vu.sock");
         let log = dir.0.join("serve.log");
+        // A daemon that becomes another user makes its socket as that user.
+        if let Some(w) = args.windows(2).find(|w| w[0] == "--user") {
+            let u = nix::unistd::User::from_name(w[1])
+                .expect("user lookup")
+                .expect("the user exists");
+            nix::unistd::chown(&dir.0, Some(u.uid), None).expect("chown");
+        }
         let mut cmd = match wrap.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
