@@ -517,24 +517,13 @@ impl Device {
 
     fn open_queue_pair(&mut self, index: u16) -> Result<TapQueue> {
         let i = usize::from(index);
-        let Some(fd) = self.fds.get(i) else {
-            return Err(Error::NoSuchQueue {
-                backend: self.backend_name(),
-                index,
-                max: self.fds.len() as u16,
-            });
-        };
+        let open = net_api::error::claim_queue(&self.open, &self.backend_name(), index)?;
         // The queue pair gets its own fd; ours keeps the queue in the kernel when it is
         // dropped (closing the last fd of a TAP queue would destroy it).
-        let fd = fd
-            .try_clone()
-            .map_err(|e| io_err("dup", &self.backend_name(), e))?;
-        if self.open[i].swap(true, Ordering::AcqRel) {
-            return Err(Error::QueueInUse {
-                backend: self.backend_name(),
-                index,
-            });
-        }
+        let fd = self.fds[i].try_clone().map_err(|e| {
+            open.store(false, Ordering::Release);
+            io_err("dup", &self.backend_name(), e)
+        })?;
         let mut q = TapQueue {
             open: Arc::clone(&self.open[i]),
             offloads: Arc::clone(&self.offloads),

@@ -361,15 +361,8 @@ fn seccomp_of(pid: u32) -> Vec<(String, String, String)> {
     for t in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
         let t = t.expect("task").path();
         let comm = std::fs::read_to_string(t.join("comm")).unwrap_or_default();
-        let status = std::fs::read_to_string(t.join("status")).unwrap_or_default();
-        let field = |k: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(k))
-                .unwrap_or("")
-                .trim()
-                .to_string()
-        };
+        let status = t.join("status");
+        let field = |k: &str| vu::status_field(&status, k);
         out.push((
             comm.trim().to_string(),
             field("Seccomp:"),

@@ -259,15 +259,6 @@ fn a_tap_the_daemon_created_is_created_again_after_it_is_deleted() {
     let _fresh = served(&d, &host, "a fresh session");
 }
 
-/// Capability sets and ids of a process, from /proc.
-fn status_field(pid: u32, key: &str) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
-        .unwrap_or_default()
-}
-
 #[test]
 fn a_daemon_run_as_nobody_keeps_only_cap_net_admin_and_creates_its_tap_again() {
     if skip("a_daemon_run_as_nobody_keeps_only_cap_net_admin_and_creates_its_tap_again") {
@@ -281,23 +272,22 @@ fn a_daemon_run_as_nobody_keeps_only_cap_net_admin_and_creates_its_tap_again() {
         &["--backend", "tap", "--iface", "vt0", "--user", "nobody"],
     );
     ip(Some(&ns), "link set vt0 up");
-    let pid = d.pid();
     let nobody = nix::unistd::User::from_name("nobody")
         .expect("lookup")
         .expect("nobody")
         .uid
         .as_raw()
         .to_string();
-    let uid = status_field(pid, "Uid:");
+    let uid = d.status("Uid:");
     assert!(
         uid.split_whitespace().all(|u| u == nobody),
         "every uid is nobody's: {uid}"
     );
     // CAP_NET_ADMIN is bit 12, and the only one, in every set that matters.
     for set in ["CapEff:", "CapPrm:", "CapBnd:"] {
-        assert_eq!(status_field(pid, set), "0000000000001000", "{set}");
+        assert_eq!(d.status(set), "0000000000001000", "{set}");
     }
-    assert_eq!(status_field(pid, "CapAmb:"), "0000000000000000");
+    assert_eq!(d.status("CapAmb:"), "0000000000000000");
     assert!(d.log().contains("keeping CAP_NET_ADMIN"), "{}", d.log());
     let host = Host {
         ns: Some(&ns),

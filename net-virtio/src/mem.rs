@@ -222,17 +222,7 @@ impl<'m> GuestRegions<'m> {
 
     /// Whether `len` bytes at `gpa` are guest memory (possibly across regions).
     pub fn check(&self, gpa: u64, len: u64) -> bool {
-        let mut done = 0u64;
-        while done < len {
-            let Some(at) = gpa.checked_add(done) else {
-                return false;
-            };
-            let Some(r) = self.find(at) else {
-                return false;
-            };
-            done += (r.len - (at - r.gpa)).min(len - done);
-        }
-        true
+        self.for_each_buf(gpa, len, |_| ())
     }
 
     /// Calls `f` with the buffers covering `len` bytes at `gpa` (one per region crossed);

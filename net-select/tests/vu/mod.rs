@@ -42,6 +42,16 @@ impl Drop for TempDir {
     }
 }
 
+/// The value of `key` (such as `Seccomp:`) in a `/proc/.../status` file, trimmed (empty when
+/// the file or the field is missing).
+pub fn status_field(path: impl AsRef<Path>, key: &str) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+        .unwrap_or_default()
+}
+
 /// Guest memory in a memfd, as a VMM shares it.
 pub fn shared_memory() -> GuestMemoryMmap {
     let fd = nix::sys::memfd::memfd_create(c"volt-guest", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
@@ -409,14 +419,17 @@ impl Daemon {
         std::fs::read_dir(format!("/proc/{}/task", self.pid())).map_or(0, |d| d.count())
     }
 
+    /// A field of the process's `/proc/PID/status` (empty when missing).
+    pub fn status(&self, key: &str) -> String {
+        status_field(format!("/proc/{}/status", self.pid()), key)
+    }
+
     /// Resident memory in KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        self.status("VmRSS:")
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     }
 
